@@ -1,0 +1,77 @@
+"""Throughput on the synthetic preset: joint steps/s, aggressive outer steps/s and inner steps, IW-NLL examples/s.
+
+Run: .venv/bin/python benchmarks/bench_synthetic.py [--seconds S] [--threads 1 2]
+Ratios are against the joint (plain VAE) step rate measured in the same run, so they survive a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from lagvae.data.text import TextBatches
+from lagvae.experiments.presets import make_config
+from lagvae.metrics import iw_log_likelihood
+from lagvae.training.loop import Trainer
+
+
+def _trainer(method: str, tmp: str) -> Trainer:
+    config = make_config("synthetic", method, overrides=["eval.posterior_points=0"])
+    config.progress = False
+    return Trainer(config, f"{tmp}/{method}")
+
+
+def steps_per_second(trainer: Trainer, seconds: float) -> tuple[float, float]:
+    """Outer steps/s and mean inner steps over `seconds` of training from initialisation."""
+    batches = iter(trainer.train_batches)
+    steps, inner = 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        inner += trainer.strategy.step(next(batches), 1.0).inner_steps
+        steps += 1
+    return steps / (time.perf_counter() - start), inner / steps
+
+
+def iw_examples_per_second(trainer: Trainer, k: int, seconds: float) -> float:
+    batches = TextBatches(trainer.splits.test, trainer.config.train.batch_size, shuffle=False)
+    trainer.model.eval()
+    n = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x in batches:
+            iw_log_likelihood(trainer.model, x, k, trainer.config.eval.iw_chunk)
+            n += x.shape[0]
+            if time.perf_counter() - start > seconds:
+                break
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0, help="time per measurement")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--tmp", default="/tmp/lagvae-bench")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {args.seconds:.0f} s per measurement, synthetic preset (batch 16)")
+    print("| threads | joint steps/s | aggressive outer steps/s | mean inner | inner steps/s | IW-NLL ex/s (K=500) |")
+    print("|---|---|---|---|---|---|")
+    base = None
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        joint, _ = steps_per_second(_trainer("vae", args.tmp), args.seconds)
+        torch.set_num_threads(threads)
+        aggressive = _trainer("aggressive", args.tmp)
+        outer, inner = steps_per_second(aggressive, args.seconds)
+        iw = iw_examples_per_second(aggressive, 500, args.seconds)
+        base = base or joint
+        print(
+            f"| {threads} | {joint:.1f} ({joint / base:.2f}x) | {outer:.2f} ({outer / joint:.3f}x joint) | "
+            f"{inner:.1f} | {outer * (inner + 1):.1f} ({outer * (inner + 1) / joint:.2f}x joint) | {iw:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The run configuration: one tree of typed dataclasses, its JSON round trip and `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the CLI prints it as one line."""
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from. `name` picks the loader; the rest is read by the loaders that need it."""
+
+    name: str = "synthetic"
+    seed: int = 783435  # data seed, kept apart from the training seed so every run sees the same corpus
+    n_train: int = 16000
+    n_val: int = 2000
+    n_test: int = 2000
+    seq_len: int = 10
+    vocab_size: int = 1000
+    latent_dim: int = 2
+    train_limit: int | None = None
+    path: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the text LSTM VAE (the paper's architecture)."""
+
+    embed_dim: int = 50
+    enc_hidden: int = 50
+    dec_hidden: int = 50
+    latent_dim: int = 2
+    dec_dropout_in: float = 0.5
+    dec_dropout_out: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: method pieces, optimisers, KL schedule, aggressive loop and learning-rate rule."""
+
+    method: str = "vae"
+    strategy: str = "joint"  # joint | aggressive; set from `method`
+    epochs: int = 50
+    batch_size: int = 16
+    seed: int = 783435
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 1.0
+    momentum: float = 0.0
+    clip_grad: float = 5.0
+    kl_start: float = 1.0  # 1.0 means no annealing
+    warm_up: int = 10  # epochs of linear KL annealing from kl_start to 1
+    agg_window: int = 15  # inner steps per window when comparing the encoder loss
+    agg_max_inner: int = 100
+    lr_decay: float = 0.5
+    lr_patience: int = 2  # epochs without validation improvement before a decay
+    lr_decay_min_epoch: int = 15  # no decay before this epoch (the paper's text setting)
+    max_decays: int = 5
+
+
+@dataclass
+class EvalConfig:
+    """Diagnostics: IW-NLL sample counts and the posterior-mean-space snapshots."""
+
+    iw_samples: int = 500  # K at the final test
+    iw_chunk: int = 50  # samples decoded at once, bounds memory
+    batch_size: int = 0  # 0: the training batch size (MI uses each eval minibatch as its aggregate)
+    posterior_points: int = 100  # held-out x in the posterior-mean picture; 0 turns it off
+    posterior_grid: float = 0.35  # grid step for the true posterior mean (each grid point costs one decode per x)
+    posterior_range: float = 3.5  # grid covers [-range, range] per latent dimension
+    snapshots_epoch0: int = 4  # snapshots inside epoch 0 ...
+    snapshot_epochs: int = 10  # ... then one at the end of each of the first N epochs
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; saved as config.json in the run folder."""
+
+    preset: str = "synthetic"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # 0: chosen from the model size (see training.runtime)
+    progress: bool = True
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a dataclass tree from `to_dict` output; unknown keys are an error, missing keys keep defaults."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        kwargs[key] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+    return cls(**kwargs)
+
+
+def save_json(config: RunConfig, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def load_json(path: Path) -> RunConfig:
+    return from_dict(RunConfig, json.loads(path.read_text()))
+
+
+def _parse_scalar(text: str, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _parse_scalar(text, args[0], key)
+    try:
+        if hint is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        return hint(text)
+    except ValueError:
+        raise ConfigError(f"{key}: cannot read {text!r} as {getattr(hint, '__name__', hint)}") from None
+
+
+def apply_override(config: RunConfig, assignment: str) -> None:
+    """Apply one `section.field=value` override in place, with a did-you-mean on typos."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key=value (e.g. train.lr=0.5)")
+    key, text = assignment.split("=", 1)
+    node: Any = config
+    parts = key.strip().split(".")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            prefix = ".".join(parts[:depth])
+            full = [f"{prefix}.{n}" if prefix else n for n in names]
+            guess = difflib.get_close_matches(key, _all_keys(config), n=1)
+            hint = f"; did you mean {guess[0]}?" if guess else f"; choose from {', '.join(full)}"
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        if depth == len(parts) - 1:
+            hint_type = typing.get_type_hints(type(node))[part]
+            if dataclasses.is_dataclass(hint_type):
+                raise ConfigError(f"{key!r} is a section; set one of its fields, e.g. {key}.<field>=...")
+            setattr(node, part, _parse_scalar(text.strip(), hint_type, key))
+        else:
+            node = getattr(node, part)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])!r} is not a section")
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        name = f"{prefix}{f.name}"
+        keys.extend(_all_keys(value, name + ".") if dataclasses.is_dataclass(value) else [name])
+    return keys

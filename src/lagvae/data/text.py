@@ -1,0 +1,116 @@
+"""Text as tensors: the vocabulary, a padded sentence set, and length-bucketed minibatches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+
+
+class Vocab:
+    """Token <-> id map; ids 0-3 are always <pad>, <s>, </s>, <unk>."""
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.itos = list(SPECIALS) + [w for w in words if w not in SPECIALS]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """<s> tokens </s> as ids, unknown words mapped to <unk>."""
+        return [BOS_ID, *(self.stoi.get(t, UNK_ID) for t in tokens), EOS_ID]
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        """Ids back to words, dropping <s>/<pad> and stopping at </s>."""
+        words = []
+        for i in ids:
+            if i == EOS_ID:
+                break
+            if i not in (BOS_ID, PAD_ID):
+                words.append(self.itos[i])
+        return words
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.itos[len(SPECIALS) :]) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Vocab:
+        return cls(json.loads(path.read_text()))
+
+
+@dataclass
+class TextSet:
+    """Sentences as one right-padded id tensor [N, T] (with <s>, </s>) and their lengths [N]."""
+
+    tokens: Tensor
+    lengths: Tensor
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @classmethod
+    def from_ids(cls, sentences: Sequence[Sequence[int]]) -> TextSet:
+        if not sentences:
+            raise ValueError("empty text split")
+        lengths = torch.tensor([len(s) for s in sentences])
+        tokens = torch.full((len(sentences), int(lengths.max())), PAD_ID, dtype=torch.long)
+        for i, s in enumerate(sentences):
+            tokens[i, : len(s)] = torch.as_tensor(s)
+        return cls(tokens, lengths)
+
+    def head(self, n: int) -> TextSet:
+        return TextSet(self.tokens[:n], self.lengths[:n])
+
+
+class TextBatches:
+    """Minibatches of similar-length sentences, trimmed to their longest member.
+
+    Each epoch shuffles, then stably sorts by length and cuts consecutive runs, so most batches hold one
+    length and padding (never counted in a loss; decoders mask <pad>) stays rare.
+    """
+
+    def __init__(
+        self, data: TextSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+    ) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self._batches: list[Tensor] = []
+
+    def _cut(self) -> list[Tensor]:
+        n = len(self.data)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order[torch.sort(self.data.lengths[order], stable=True).indices]
+        batches = list(order.split(self.batch_size))
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=self.generator).tolist()
+            batches = [batches[i] for i in perm]
+        return batches
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        return self.data.tokens[idx, : int(self.data.lengths[idx].max())]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        self._batches = self._cut()
+        for idx in self._batches:
+            yield self._gather(idx)
+
+    def sample(self) -> Tensor:
+        """A random minibatch of the current epoch (the aggressive inner loop's fresh data)."""
+        if not self._batches:
+            self._batches = self._cut()
+        i = int(torch.randint(len(self._batches), (1,), generator=self.generator))
+        return self._gather(self._batches[i])

@@ -1,0 +1,72 @@
+"""Named presets (plain RunConfig instances), model sizes, and `make_config` (preset + method + overrides)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from lagvae.config import ConfigError, DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, apply_override
+from lagvae.training.methods import apply_method
+
+# Model sizes (embedding/hidden/latent) with the batch size and optimiser the paper pairs with them.
+SIZES: dict[str, tuple[ModelConfig, dict[str, float | int]]] = {
+    "synthetic": (ModelConfig(50, 50, 50, 2), {"batch_size": 16, "lr": 1.0}),
+    "small": (ModelConfig(128, 256, 256, 32), {"batch_size": 32, "lr": 1.0}),
+    "paper": (ModelConfig(512, 1024, 1024, 32), {"batch_size": 32, "lr": 1.0}),
+}
+
+
+def synthetic() -> RunConfig:
+    """The paper's synthetic experiment: 2-d-latent LSTM data, 50/50 LSTM VAE with z = 2, SGD lr 1."""
+    return RunConfig(preset="synthetic", data=DataConfig(), model=ModelConfig(), train=TrainConfig(), eval=EvalConfig())
+
+
+def synthetic_1d() -> RunConfig:
+    """Figure 1's setting: a 1-d latent VAE on the 2-d-latent synthetic data, with a fine 1-d grid."""
+    config = synthetic()
+    config.preset = "synthetic-1d"
+    config.model.latent_dim = 1
+    config.eval.posterior_grid = 0.1
+    config.eval.posterior_range = 5.0
+    config.eval.posterior_points = 300
+    return config
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"synthetic": synthetic, "synthetic-1d": synthetic_1d}
+
+
+def apply_size(config: RunConfig, size: str) -> None:
+    """Swap in one of SIZES, keeping the preset's data."""
+    if size not in SIZES:
+        raise ConfigError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
+    model, train = SIZES[size]
+    config.model = ModelConfig(**vars(model))
+    for key, value in train.items():
+        setattr(config.train, key, value)
+
+
+def make_config(
+    preset: str,
+    method: str = "vae",
+    *,
+    size: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    train_limit: int | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """Resolve a run: the preset, then its model size, the method's pieces, the flags, then key=value overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    config = PRESETS[preset]()
+    if size is not None:
+        apply_size(config, size)
+    apply_method(config.train, method)
+    if epochs is not None:
+        config.train.epochs = epochs
+    if seed is not None:
+        config.train.seed = seed
+    if train_limit is not None:
+        config.data.train_limit = train_limit
+    for assignment in overrides:
+        apply_override(config, assignment)
+    return config

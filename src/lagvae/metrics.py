@@ -1,0 +1,86 @@
+"""Collapse diagnostics: IW-NLL, perplexity, KL, mutual information I_q, active units, and the batched evaluator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from lagvae.models.vae import VAE
+from lagvae.objectives import gaussian_kl, iw_bound, log_importance_weights, log_normal, reparameterize
+
+
+def iw_log_likelihood(model: VAE, x: Tensor, k: int, chunk: int = 50) -> Tensor:
+    """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded `chunk` samples at a time."""
+    mu, logvar = model.encode(x)
+    log_w = []
+    for start in range(0, k, chunk):
+        z = reparameterize(mu, logvar, min(chunk, k - start))
+        log_w.append(log_importance_weights(model.log_prob(x, z), z, mu, logvar))
+    return iw_bound(torch.cat(log_w, dim=1))
+
+
+def mutual_information(mu: Tensor, logvar: Tensor, z: Tensor | None = None) -> Tensor:
+    """I_q(x;z) = E_x[KL(q(z|x) || p(z))] - KL(q(z) || p(z)) = E_x E_q(z|x)[log q(z|x) - log q(z)].
+
+    q(z) is the aggregate posterior of the given examples, (1/N) sum_n q(z|x_n), evaluated at one sample
+    z_n ~ q(z|x_n) per example (the paper's estimator). log q(z) counts z_n's own component, so the
+    estimate is biased and bounded by log N; near 0 its Monte Carlo noise can make it slightly negative.
+    """
+    n, d = mu.shape
+    if z is None:
+        z = reparameterize(mu, logvar, 1).squeeze(1)
+    neg_entropy = (-0.5 * d * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(-1)).mean()
+    log_density = log_normal(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))  # [z_n, x_m]
+    log_qz = torch.logsumexp(log_density, dim=1) - math.log(n)
+    return neg_entropy - log_qz.mean()
+
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> Tensor:
+    """AU = #{d : Cov_x(E_q(z|x)[z_d]) > threshold}, from encoder means mu [N, D]."""
+    return (mu.var(dim=0, unbiased=True) > threshold).sum()
+
+
+def perplexity(total_nll: float, n_tokens: int) -> float:
+    """PPL = exp(sum_x -log p(x) / #tokens), tokens counting </s> but not <s>."""
+    return math.exp(total_nll / n_tokens)
+
+
+@torch.no_grad()
+def evaluate(model: VAE, batches: Iterable[Tensor], iw_samples: int = 0, iw_chunk: int = 50) -> dict[str, float]:
+    """Per-example means of elbo, rec, kl, mi (per-minibatch aggregate, size-weighted) and au over all batches.
+
+    With iw_samples > 0 also nll (IW bound with K = iw_samples). `ppl` uses nll when present, else -elbo.
+    Everything is at KL weight 1. The model is put in eval mode (no dropout) and restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    sums = {"rec": 0.0, "kl": 0.0, "mi": 0.0, "nll": 0.0}
+    n = 0
+    units = 0
+    mus = []
+    for x in batches:
+        mu, logvar = model.encode(x)
+        z = reparameterize(mu, logvar, 1)
+        rec = -model.log_prob(x, z).squeeze(1)
+        b = x.shape[0]
+        sums["rec"] += float(rec.sum())
+        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
+        sums["mi"] += float(mutual_information(mu, logvar)) * b
+        if iw_samples > 0:
+            sums["nll"] += float(-iw_log_likelihood(model, x, iw_samples, iw_chunk).sum())
+        mus.append(mu)
+        n += b
+        units += int(model.n_units(x))
+    model.train(was_training)
+    out = {key: value / n for key, value in sums.items()}
+    out["elbo"] = -(out["rec"] + out["kl"])
+    out["au"] = int(active_units(torch.cat(mus)))
+    out["n"] = n
+    total = out["nll"] if iw_samples > 0 else -out["elbo"]
+    out["ppl"] = perplexity(total * n, units)
+    if iw_samples <= 0:
+        del out["nll"]
+    return out

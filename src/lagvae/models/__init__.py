@@ -1,0 +1,23 @@
+"""Networks and the VAE that pairs them; `build_model` makes one from a config and a vocabulary size."""
+
+from __future__ import annotations
+
+from lagvae.config import ModelConfig
+from lagvae.models.text import LSTMDecoder, LSTMEncoder
+from lagvae.models.vae import VAE
+
+
+def build_model(config: ModelConfig, vocab_size: int) -> VAE:
+    encoder = LSTMEncoder(vocab_size, config.embed_dim, config.enc_hidden, config.latent_dim)
+    decoder = LSTMDecoder(
+        vocab_size,
+        config.embed_dim,
+        config.dec_hidden,
+        config.latent_dim,
+        config.dec_dropout_in,
+        config.dec_dropout_out,
+    )
+    return VAE(encoder, decoder, config.latent_dim)
+
+
+__all__ = ["VAE", "LSTMDecoder", "LSTMEncoder", "build_model"]

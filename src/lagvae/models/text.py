@@ -1,0 +1,83 @@
+"""The paper's text networks: an LSTM encoder to (mu, logvar) and an LSTM decoder conditioned on z."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lagvae.data.text import PAD_ID
+
+
+def _init_uniform(module: nn.Module, embed: nn.Embedding) -> None:
+    """Weights U(-0.01, 0.01), embeddings U(-0.1, 0.1), as in the paper's code."""
+    for p in module.parameters():
+        nn.init.uniform_(p, -0.01, 0.01)
+    nn.init.uniform_(embed.weight, -0.1, 0.1)
+
+
+class LSTMEncoder(nn.Module):
+    """q(z|x): embedding -> 1-layer LSTM -> last real hidden state -> Linear to (mu, logvar)."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True)
+        self.linear = nn.Linear(hidden, 2 * latent_dim, bias=False)
+        _init_uniform(self, self.embed)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out, _ = self.lstm(self.embed(x))
+        last = (x != PAD_ID).sum(1) - 1
+        h = out[torch.arange(x.shape[0], device=x.device), last]
+        mu, logvar = self.linear(h).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class LSTMDecoder(nn.Module):
+    """p(x|z): input [dropout(emb(x_t)); z], c0 = Linear(z), h0 = tanh(c0), dropout on outputs, Linear to vocab."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        hidden: int,
+        latent_dim: int,
+        dropout_in: float = 0.5,
+        dropout_out: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.dropout_in = nn.Dropout(dropout_in)
+        self.dropout_out = nn.Dropout(dropout_out)
+        self.init_state = nn.Linear(latent_dim, hidden, bias=False)
+        self.lstm = nn.LSTM(embed_dim + latent_dim, hidden, batch_first=True)
+        self.output = nn.Linear(hidden, vocab_size, bias=False)
+        _init_uniform(self, self.embed)
+
+    def step_logits(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple]:
+        """Logits for the token after each of `inputs` [N, T] given z [N, D]; returns the new LSTM state."""
+        if state is None:
+            c0 = self.init_state(z).unsqueeze(0)
+            state = (torch.tanh(c0), c0)
+        emb = self.dropout_in(self.embed(inputs))
+        emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
+        out, state = self.lstm(emb, state)
+        return self.output(self.dropout_out(out)), state
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) = sum_t log p(x_{t+1} | x_<=t, z) over real (non-pad) targets; x [B, T], z [B, S, D] -> [B, S]."""
+        b, s = z.shape[:2]
+        src = x[:, :-1].repeat_interleave(s, dim=0)
+        tgt = x[:, 1:].repeat_interleave(s, dim=0)
+        logits, _ = self.step_logits(src, z.reshape(b * s, -1), None)
+        # Cross-entropy on contiguous 2-d logits is the fastest fused path (a transposed 3-d call copies).
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=PAD_ID, reduction="none"
+        )
+        return -nll.view(b * s, -1).sum(-1).view(b, s)
+
+    @staticmethod
+    def n_units(x: Tensor) -> Tensor:
+        """Predicted tokens in a batch (</s> counted, <s> and padding not): the per-token loss denominator."""
+        return (x[:, 1:] != PAD_ID).sum()

@@ -1,0 +1,45 @@
+"""Figures written into run folders: the posterior-mean space over training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MAX_PANELS = 6
+
+
+def pick_snapshots(n: int, most: int = MAX_PANELS) -> list[int]:
+    """Up to `most` snapshot indices spread evenly from the first to the last."""
+    return sorted(set(np.linspace(0, n - 1, min(n, most)).round().astype(int).tolist()))
+
+
+def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """One column per snapshot, one row per latent dimension: x = true posterior mean, y = encoder mean."""
+    chosen = pick_snapshots(len(data["step"]))
+    dims = data["true_mean"].shape[-1]
+    fig, axes = plt.subplots(dims, len(chosen), figsize=(2.6 * len(chosen), 2.6 * dims), squeeze=False)
+    lim = max(1.0, float(np.abs(data["true_mean"]).max()), float(np.abs(data["encoder_mean"]).max())) * 1.05
+    for col, i in enumerate(chosen):
+        for d in range(dims):
+            ax = axes[d, col]
+            ax.plot([-lim, lim], [-lim, lim], color="0.7", lw=0.8)
+            ax.scatter(data["true_mean"][i, :, d], data["encoder_mean"][i, :, d], s=4, alpha=0.6)
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+            if d == 0:
+                ax.set_title(f"iter {data['step'][i]} (epoch {data['epoch'][i]})", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"encoder mean, z{d + 1}" if dims > 1 else "encoder mean")
+            if d == dims - 1:
+                ax.set_xlabel(f"true posterior mean, z{d + 1}" if dims > 1 else "true posterior mean")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,315 @@
+"""The training loop: build data, model and strategy from a config, train, select on validation, test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lagvae.config import ConfigError, RunConfig, load_json
+from lagvae.data import Splits, build_data
+from lagvae.data.text import TextBatches, TextSet
+from lagvae.metrics import evaluate
+from lagvae.models import VAE, build_model
+from lagvae.plots import plot_posterior_means
+from lagvae.posterior import PosteriorTracker, latent_grid
+from lagvae.training import checkpoint
+from lagvae.training.lr_rule import PlateauHalving
+from lagvae.training.run_folder import BEST, LAST, POSTERIOR_NPZ, POSTERIOR_PNG, VOCAB, RunFolder
+from lagvae.training.runtime import setup_runtime
+from lagvae.training.schedules import linear_anneal
+from lagvae.training.strategies import AggressiveStrategy, JointStrategy
+
+PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one syncs with the device)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf; the last good checkpoint is kept on disk."""
+
+
+def validate(config: RunConfig) -> None:
+    """Reject settings no run can use, with one-line messages."""
+    t = config.train
+    if t.epochs <= 0:
+        raise ConfigError(f"epochs must be positive, got {t.epochs}")
+    if t.batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {t.batch_size}")
+    if t.lr <= 0:
+        raise ConfigError(f"lr must be positive, got {t.lr}")
+    if t.optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"unknown optimizer {t.optimizer!r}; choose sgd or adam")
+    if t.strategy not in ("joint", "aggressive"):
+        raise ConfigError(f"unknown strategy {t.strategy!r}; choose joint or aggressive")
+    if config.model.latent_dim <= 0:
+        raise ConfigError("model.latent_dim must be positive")
+    if config.eval.iw_samples < 0:
+        raise ConfigError("eval.iw_samples must be >= 0")
+
+
+def make_optimizer(params: Any, config: RunConfig, lr: float) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=t.momentum)
+
+
+def set_lr(strategy: JointStrategy, lr: float) -> None:
+    for opt in strategy.optimizers():
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def build_strategy(config: RunConfig, model: VAE, sample_batch: Callable[[], Tensor]) -> JointStrategy:
+    t = config.train
+    enc = make_optimizer(model.encoder.parameters(), config, t.lr)
+    dec = make_optimizer(model.decoder.parameters(), config, t.lr)
+    if t.strategy == "aggressive":
+        return AggressiveStrategy(model, enc, dec, t.clip_grad, sample_batch, t.agg_window, t.agg_max_inner)
+    return JointStrategy(model, enc, dec, t.clip_grad)
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the model, optimisers, strategy, LR rule and RNGs, make a run resumable."""
+
+    step: int = 0
+    epoch: int = 0  # next epoch to run
+    train_seconds: float = 0.0
+    best_epoch: int = -1
+    stopped: bool = False  # the LR rule ended training early
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _eval_batches(data: TextSet, config: RunConfig) -> TextBatches:
+    return TextBatches(data, config.eval.batch_size or config.train.batch_size, shuffle=False)
+
+
+def _on(device: torch.device, batches: TextBatches) -> Any:
+    return (x.to(device, non_blocking=True) for x in batches)
+
+
+class Trainer:
+    """One run in one folder. `fit()` trains (resuming from last.pt when asked); `test()` writes final.json."""
+
+    def __init__(self, config: RunConfig, out_dir: Path | str, *, bar_position: int = 0) -> None:
+        validate(config)
+        self.config = config
+        self.folder = RunFolder(out_dir)
+        self.folder.create()
+        self.device = setup_runtime(config)
+        torch.manual_seed(config.train.seed)
+        self.splits: Splits = build_data(config.data)
+        self.model = build_model(config.model, len(self.splits.vocab)).to(self.device)
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.train_batches = TextBatches(
+            self.splits.train, config.train.batch_size, shuffle=True, generator=self.generator
+        )
+        self.strategy = build_strategy(config, self.model, lambda: self.train_batches.sample().to(self.device))
+        t = config.train
+        self.lr_rule = PlateauHalving(t.lr, t.lr_decay, t.lr_patience, t.lr_decay_min_epoch, t.max_decays)
+        self.state = TrainState()
+        self.tracker = self._make_tracker()
+        self.bar_position = bar_position
+
+    def _make_tracker(self) -> PosteriorTracker | None:
+        e = self.config.eval
+        if e.posterior_points <= 0 or self.config.model.latent_dim > 2:
+            return None
+        x = self.splits.val.head(e.posterior_points)
+        x = x.tokens[:, : int(x.lengths.max())].to(self.device)
+        return PosteriorTracker(x, latent_grid(self.config.model.latent_dim, e.posterior_grid, e.posterior_range))
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def _save_last(self) -> None:
+        s = self.strategy
+        checkpoint.save_atomic(
+            {
+                "model": self.model.state_dict(),
+                "optimizers": [opt.state_dict() for opt in s.optimizers()],
+                "strategy": s.state_dict(),
+                "lr_rule": self.lr_rule.state_dict(),
+                "state": vars(self.state),
+                "rng": torch.get_rng_state(),
+                "data_rng": self.generator.get_state(),
+            },
+            self.folder.file(LAST),
+        )
+
+    def resume(self) -> None:
+        """Restore everything from last.pt, so the run continues where it stopped."""
+        path = self.folder.file(LAST)
+        if not path.exists():
+            raise ConfigError(f"nothing to resume: {path} does not exist")
+        ckpt = checkpoint.load(path, self.device)
+        self.model.load_state_dict(ckpt["model"])
+        for opt, opt_state in zip(self.strategy.optimizers(), ckpt["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        self.strategy.load_state_dict(ckpt["strategy"])
+        self.lr_rule.load_state_dict(ckpt["lr_rule"])
+        self.state = TrainState(**ckpt["state"])
+        torch.set_rng_state(ckpt["rng"].cpu())
+        self.generator.set_state(ckpt["data_rng"].cpu())
+        npz = self.folder.file(POSTERIOR_NPZ)
+        if self.tracker is not None and npz.exists():
+            saved = np.load(npz)
+            self.tracker.steps = saved["step"].tolist()
+            self.tracker.epochs = saved["epoch"].tolist()
+            self.tracker.true_means = list(saved["true_mean"])
+            self.tracker.encoder_means = list(saved["encoder_mean"])
+
+    def _load_best(self) -> None:
+        self.model.load_state_dict(checkpoint.load(self.folder.file(BEST), self.device)["model"])
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def _snapshot(self, epoch: int) -> None:
+        if self.tracker is None:
+            return
+        self.tracker.snapshot(self.model, self.state.step, epoch)
+        arrays = self.tracker.arrays()
+        checkpoint.atomic_write(self.folder.file(POSTERIOR_NPZ), lambda f: np.savez(f, **arrays))
+        plot_posterior_means(arrays, self.folder.file(POSTERIOR_PNG), title=self.config.train.method)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, st = self.config, self.state
+        iters = len(self.train_batches)
+        warmup_steps = cfg.train.warm_up * iters
+        snap_every = iters // cfg.eval.snapshots_epoch0 if cfg.eval.snapshots_epoch0 > 0 else 0
+        bar = tqdm(
+            total=iters,
+            desc=f"{cfg.train.method} epoch {epoch}",
+            disable=not cfg.progress,
+            position=self.bar_position,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        inner_sum, count, kl_weight, seconds = 0, 0, 1.0, 0.0
+        start = time.perf_counter()
+        for x in _on(self.device, self.train_batches):
+            kl_weight = linear_anneal(st.step, cfg.train.kl_start, warmup_steps)
+            stats = self.strategy.step(x, kl_weight)
+            st.step += 1
+            loss_sum += stats.loss
+            inner_sum += stats.inner_steps
+            count += 1
+            if count % PROGRESS_EVERY == 0 or count == iters:
+                mean_loss = float(loss_sum) / count
+                if not np.isfinite(mean_loss):
+                    raise NonFiniteLossError(
+                        f"non-finite training loss at step {st.step}; last good checkpoint kept in "
+                        f"{self.folder.path} (try a lower train.lr or train.clip_grad)"
+                    )
+                bar.set_postfix(
+                    loss=f"{mean_loss:.2f}",
+                    kl_w=f"{kl_weight:.2f}",
+                    agg="on" if self.strategy.aggressive else "off",
+                    inner=f"{inner_sum / count:.1f}",
+                )
+                bar.update(count - bar.n)
+            if epoch == 0 and snap_every and st.step % snap_every == 0 and st.step < iters:
+                seconds += time.perf_counter() - start
+                self._snapshot(epoch)
+                start = time.perf_counter()
+        seconds += time.perf_counter() - start
+        bar.close()
+        return {
+            "train_loss": float(loss_sum) / max(count, 1),
+            "kl_weight": kl_weight,
+            "inner_steps": inner_sum / max(count, 1),
+            "seconds": seconds,
+        }
+
+    def fit(self) -> TrainState:
+        cfg, st = self.config, self.state
+        self.folder.write_config(cfg)
+        self.splits.vocab.save(self.folder.file(VOCAB))
+        if st.step == 0:
+            self._snapshot(0)
+        val_batches = _eval_batches(self.splits.val, cfg)
+        while st.epoch < cfg.train.epochs and not st.stopped:
+            epoch = st.epoch
+            aggressive = self.strategy.aggressive
+            lr = self.lr_rule.lr
+            train = self._train_epoch(epoch)
+            start = time.perf_counter()
+            val = evaluate(self.model, _on(self.device, val_batches))
+            self.strategy.end_epoch(val)
+            decision = self.lr_rule.update(epoch, -val["elbo"])
+            st.train_seconds += train["seconds"] + time.perf_counter() - start
+            record = {
+                "step": st.step,
+                "epoch": epoch,
+                "kl_weight": train["kl_weight"],
+                "aggressive": aggressive,
+                "lr": lr,
+                **{k: val[k] for k in ("elbo", "rec", "kl", "mi", "au", "ppl")},
+                "train_loss": train["train_loss"],
+                "inner_steps": train["inner_steps"],
+                "train_seconds": st.train_seconds,
+            }
+            self.folder.append_metrics(record)
+            st.history.append(record)
+            if decision.improved:
+                st.best_epoch = epoch
+                checkpoint.save_atomic({"model": self.model.state_dict(), "epoch": epoch}, self.folder.file(BEST))
+            if decision.decay:
+                self._load_best()
+                set_lr(self.strategy, self.lr_rule.lr)
+            st.epoch += 1
+            if epoch < cfg.eval.snapshot_epochs:
+                self._snapshot(epoch)
+            st.stopped = decision.stop
+            self._save_last()
+        return st
+
+    def test(self) -> dict[str, Any]:
+        """Reload the best-validation model and write final.json with IW-NLL (K = eval.iw_samples) on test."""
+        self._load_best()
+        batches = _eval_batches(self.splits.test, self.config)
+        e = self.config.eval
+        results = evaluate(self.model, _on(self.device, batches), e.iw_samples, e.iw_chunk)
+        results.update(
+            method=self.config.train.method,
+            train_seconds=self.state.train_seconds,
+            epochs=len(self.state.history),
+            best_epoch=self.state.best_epoch,
+            iw_samples=e.iw_samples,
+        )
+        self.folder.write_final(results)
+        return results
+
+
+def train_and_evaluate(
+    config: RunConfig, out_dir: Path | str, *, resume: bool = False, bar_position: int = 0
+) -> dict[str, Any]:
+    """Train `config` into `out_dir` (resuming from its last.pt when asked), then test the best model."""
+    trainer = Trainer(config, out_dir, bar_position=bar_position)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    return trainer.test()
+
+
+def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str, Any]:
+    """Recompute final.json of a finished run from its best checkpoint."""
+    folder = RunFolder(run_dir)
+    if not folder.file(BEST).exists():
+        raise ConfigError(f"{folder.path} has no {BEST}; is it a lagvae run folder?")
+    config = load_json(folder.file("config.json"))
+    if iw_samples is not None:
+        config.eval.iw_samples = iw_samples
+    trainer = Trainer(config, run_dir)
+    history = folder.read_metrics()
+    trainer.state = TrainState(
+        train_seconds=history[-1]["train_seconds"] if history else 0.0,
+        history=history,
+        best_epoch=int(checkpoint.load(folder.file(BEST))["epoch"]),
+    )
+    return trainer.test()

@@ -1,0 +1,78 @@
+"""Shared fixtures: a linear-Gaussian VAE whose marginal likelihood and posterior are known in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lagvae.models.vae import VAE
+
+
+class LinearGaussianDecoder(nn.Module):
+    """p(x|z) = N(x; W z + b, s^2 I), so p(x) = N(b, W W^T + s^2 I) under p(z) = N(0, I)."""
+
+    def __init__(self, w: Tensor, b: Tensor, s: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+        self.b = nn.Parameter(b)
+        self.s = s
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        mean = z @ self.w.T + self.b  # [B, S, X]
+        log_density = -0.5 * ((x.unsqueeze(1) - mean) / self.s).pow(2) - math.log(self.s) - 0.5 * math.log(2 * math.pi)
+        return log_density.sum(-1)
+
+    def n_units(self, x: Tensor) -> Tensor:
+        return torch.tensor(x.numel())
+
+    @torch.no_grad()
+    def log_marginal(self, x: Tensor) -> Tensor:
+        cov = self.w @ self.w.T + self.s**2 * torch.eye(self.w.shape[0])
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact p(z|x) = N(m, C): C = (I + W^T W / s^2)^-1, m = C W^T (x - b) / s^2."""
+        d = self.w.shape[1]
+        cov = torch.linalg.inv(torch.eye(d) + self.w.T @ self.w / self.s**2)
+        mean = (x - self.b) @ self.w @ cov.T / self.s**2
+        return mean, cov
+
+
+class LinearEncoder(nn.Module):
+    """q(z|x) = N(A x + c, diag(e^logvar)): deliberately not the exact posterior unless set so."""
+
+    def __init__(self, x_dim: int, z_dim: int, logvar: float = -1.0) -> None:
+        super().__init__()
+        self.a = nn.Linear(x_dim, z_dim)
+        self.logvar = nn.Parameter(torch.full((z_dim,), logvar))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu = self.a(x)
+        return mu, self.logvar.expand_as(mu)
+
+
+def linear_gaussian_vae(x_dim: int = 3, z_dim: int = 2, seed: int = 0) -> tuple[VAE, LinearGaussianDecoder]:
+    gen = torch.Generator().manual_seed(seed)
+    decoder = LinearGaussianDecoder(torch.randn(x_dim, z_dim, generator=gen), torch.randn(x_dim, generator=gen), 0.7)
+    return VAE(LinearEncoder(x_dim, z_dim), decoder, z_dim), decoder
+
+
+def match_encoder_to_posterior(vae: VAE, dec: LinearGaussianDecoder, widen: float = 1.5) -> None:
+    """Set q(z|x) to the exact posterior mean with a diagonal, `widen`-times-larger variance: a good,
+    imperfect proposal (diagonal where the truth is not)."""
+    d = dec.w.shape[1]
+    with torch.no_grad():
+        cov = torch.linalg.inv(torch.eye(d) + dec.w.T @ dec.w / dec.s**2)
+        a = cov @ dec.w.T / dec.s**2
+        vae.encoder.a.weight.copy_(a)
+        vae.encoder.a.bias.copy_(-a @ dec.b)
+        vae.encoder.logvar.copy_(torch.log(torch.diagonal(cov) * widen))
+
+
+@pytest.fixture
+def lg_vae() -> tuple[VAE, LinearGaussianDecoder]:
+    torch.manual_seed(0)
+    return linear_gaussian_vae()
