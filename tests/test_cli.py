@@ -78,8 +78,32 @@ def test_every_preset_trains(tmp_path, preset):
 
 
 def test_every_command_is_tested():
-    tested = {"train", "eval", "demo"}  # demo: test_demo_prints_the_table
+    tested = {"train", "eval", "demo", "compare"}  # demo/compare: the two tests below
     assert set(COMMANDS) == tested
+
+
+def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys):
+    out = tmp_path / "grid"
+    grid = ["compare", "synthetic", "--methods", "vae,beta=0.5,lm", "--seeds", "2", "--out", str(out)]
+    tiny = ["--epochs", "1", "--train-limit", "32", "--set", "data.n_train=64", "--set", "data.n_val=32"]
+    tiny += ["--set", "data.n_test=16", "--set", "eval.iw_samples=4", "--set", "eval.posterior_points=0"]
+    assert main([*grid, *tiny]) == 0
+    table = (out / "compare.md").read_text()
+    for label in ("vae", "beta=0.5", "lm"):
+        assert f"| {label} |" in table
+    assert "1.00x" in table and "± " in table
+    assert json.loads((out / "beta=0.5" / "seed1" / "config.json").read_text())["train"]["beta"] == 0.5
+    assert (out / "compare.csv").read_text().count("\n") == 4 and (out / "compare_curves.png").exists()
+    stamp = (out / "vae" / "seed0" / "final.json").stat().st_mtime_ns
+    capsys.readouterr()
+    # rerun with one more method that diverges: finished runs are kept, the failure is reported per run
+    assert main([*grid[:3], "vae,savae", *grid[4:], *tiny, "--set", "train.svi_lr=nan"]) == 0
+    assert (out / "vae" / "seed0" / "final.json").stat().st_mtime_ns == stamp
+    printed = capsys.readouterr().out
+    assert not [line for line in printed.splitlines() if line.startswith("vae seed")]
+    assert "savae seed 0: FAILED" in printed
+    assert "Failed runs" in (out / "compare.md").read_text()
+    assert (out / "savae" / "seed1" / "error.txt").exists()
 
 
 def test_demo_prints_the_table(tmp_path, monkeypatch, capsys):
@@ -112,3 +136,15 @@ def test_bad_input_is_a_one_line_error(args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path):
+    out = _train(tmp_path, "synthetic", "vae")
+    before = (out / "last.pt").read_bytes()
+    best = (out / "best.pt").read_bytes()
+    # a fresh run into the same folder diverges in its first epoch, before it saves anything
+    args = ["train", "synthetic", "--method", "vae", "--out", str(out), *TINY[2:]]
+    result = _cli(*args, "--set", "train.lr=1e30", "--set", "train.clip_grad=0")
+    assert result.returncode == 2 and "non-finite training loss" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "last.pt").read_bytes() == before and (out / "best.pt").read_bytes() == best

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lagvae.config import ConfigError
+from lagvae.config import LagvaeError
 from lagvae.experiments.presets import PRESETS, SIZES, make_config
 from lagvae.training.methods import METHODS
 
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
     train.add_argument("--out", type=Path, help="run folder (default runs/<preset>-<method>)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    train.add_argument("--beta", type=float, help="KL weight of the beta method (train.beta)")
+    train.add_argument("--target", type=float, help="free-bits lambda in nats per dimension (train.free_bits)")
     train.add_argument("--threads", type=_positive_int, help="CPU threads (default: chosen from model size)")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument(
@@ -58,10 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", type=Path)
     ev.add_argument("--iw-samples", type=_positive_int)
 
+    cmp = sub.add_parser("compare", help="a methods x seeds grid on one preset, summarised as a table")
+    cmp.add_argument("preset", help=f"one of: {', '.join(PRESETS)}")
+    cmp.add_argument("--methods", required=True, help="comma-separated, e.g. vae,aggressive,beta=0.8,free-bits=0.5")
+    cmp.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 for every method")
+    cmp.add_argument("--epochs", type=_positive_int)
+    cmp.add_argument("--train-limit", type=_positive_int)
+    cmp.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel (one CPU thread each)")
+    cmp.add_argument("--out", type=Path, required=True)
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     demo = sub.add_parser("demo", help="vae vs aggressive on the synthetic preset, side by side")
     demo.add_argument("--epochs", type=_positive_int, default=5)
     demo.add_argument("--seed", type=int, default=783435)
-    demo.add_argument("--iw-samples", type=_positive_int, default=500)
+    demo.add_argument("--iw-samples", type=_positive_int, default=100, help="K at test (the reference used 100)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     return parser
 
@@ -78,6 +90,10 @@ def _train(args: argparse.Namespace) -> None:
         train_limit=args.train_limit,
         overrides=args.overrides,
     )
+    if args.beta is not None:
+        config.train.beta = args.beta
+    if args.target is not None:
+        config.train.free_bits = args.target
     if args.threads:
         config.threads = args.threads
     if args.no_progress:
@@ -94,6 +110,25 @@ def _eval(args: argparse.Namespace) -> None:
     print(json.dumps(evaluate_run(args.run, args.iw_samples), indent=2))
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from lagvae.experiments.compare import run_grid
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results = run_grid(
+        args.preset,
+        methods,
+        list(range(args.seeds)),
+        args.out,
+        epochs=args.epochs,
+        train_limit=args.train_limit,
+        overrides=args.overrides,
+        jobs=args.jobs,
+    )
+    print((args.out / "compare.md").read_text())
+    failed = sum(not r["ok"] for r in results.values())
+    print(f"{len(results) - failed} runs finished, {failed} failed; table in {args.out / 'compare.md'}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lagvae.experiments.demo import run_demo
     from lagvae.experiments.report import results_table
@@ -106,14 +141,14 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"posterior-mean figure ({method}): {args.out / method / POSTERIOR_PNG}")
 
 
-COMMANDS = {"train": _train, "eval": _eval, "demo": _demo}
+COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except ConfigError as err:
+    except LagvaeError as err:
         print(f"lagvae: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

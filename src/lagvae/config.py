@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the CLI prints it as one line."""
+class LagvaeError(Exception):
+    """A failure the user can act on; the CLI prints it as one line, without a traceback."""
+
+
+class ConfigError(LagvaeError, ValueError):
+    """A configuration or input mistake."""
 
 
 @dataclass
@@ -49,7 +53,9 @@ class TrainConfig:
     """The optimisation: method pieces, optimisers, KL schedule, aggressive loop and learning-rate rule."""
 
     method: str = "vae"
-    strategy: str = "joint"  # joint | aggressive; set from `method`
+    strategy: str = "joint"  # joint | aggressive | savae; set from `method`
+    schedule: str = "linear"  # KL weight: linear (anneal kl_start -> 1) | constant (beta) | cyclical
+    kl_term: str = "plain"  # plain | free-bits
     epochs: int = 50
     batch_size: int = 16
     seed: int = 783435
@@ -59,6 +65,14 @@ class TrainConfig:
     clip_grad: float = 5.0
     kl_start: float = 1.0  # 1.0 means no annealing
     warm_up: int = 10  # epochs of linear KL annealing from kl_start to 1
+    beta: float = 1.0  # the constant KL weight of `beta`
+    n_cycles: int = 4  # cyclical: cycles over the whole run
+    cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent rising
+    cycle_shape: str = "linear"  # cyclical: linear | cosine | sigmoid
+    free_bits: float = 0.1  # free-bits target lambda, nats per latent dimension
+    svi_steps: int = 10  # SA-VAE: SVI steps per example
+    svi_lr: float = 1.0
+    svi_momentum: float = 0.5
     agg_window: int = 15  # inner steps per window when comparing the encoder loss
     agg_max_inner: int = 100
     lr_decay: float = 0.5

@@ -12,9 +12,11 @@ from lagvae.models.vae import VAE
 from lagvae.objectives import gaussian_kl, iw_bound, log_importance_weights, log_normal, reparameterize
 
 
-def iw_log_likelihood(model: VAE, x: Tensor, k: int, chunk: int = 50) -> Tensor:
+def iw_log_likelihood(
+    model: VAE, x: Tensor, k: int, chunk: int = 50, posterior: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded `chunk` samples at a time."""
-    mu, logvar = model.encode(x)
+    mu, logvar = posterior if posterior is not None else model.posterior(x)
     log_w = []
     for start in range(0, k, chunk):
         z = reparameterize(mu, logvar, min(chunk, k - start))
@@ -40,6 +42,8 @@ def mutual_information(mu: Tensor, logvar: Tensor, z: Tensor | None = None) -> T
 
 def active_units(mu: Tensor, threshold: float = 0.01) -> Tensor:
     """AU = #{d : Cov_x(E_q(z|x)[z_d]) > threshold}, from encoder means mu [N, D]."""
+    if mu.shape[0] < 2 or mu.shape[1] == 0:
+        return torch.zeros((), dtype=torch.long)
     return (mu.var(dim=0, unbiased=True) > threshold).sum()
 
 
@@ -62,7 +66,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor], iw_samples: int = 0, iw_chun
     units = 0
     mus = []
     for x in batches:
-        mu, logvar = model.encode(x)
+        mu, logvar = model.posterior(x)
         z = reparameterize(mu, logvar, 1)
         rec = -model.log_prob(x, z).squeeze(1)
         b = x.shape[0]
@@ -70,7 +74,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor], iw_samples: int = 0, iw_chun
         sums["kl"] += float(gaussian_kl(mu, logvar).sum())
         sums["mi"] += float(mutual_information(mu, logvar)) * b
         if iw_samples > 0:
-            sums["nll"] += float(-iw_log_likelihood(model, x, iw_samples, iw_chunk).sum())
+            sums["nll"] += float(-iw_log_likelihood(model, x, iw_samples, iw_chunk, (mu, logvar)).sum())
         mus.append(mu)
         n += b
         units += int(model.n_units(x))

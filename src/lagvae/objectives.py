@@ -10,10 +10,25 @@ from torch import Tensor
 LOG_2PI = math.log(2 * math.pi)
 
 
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, diag(e^logvar)) || N(0, I)) = 1/2 sum_d (mu_d^2 + e^logvar_d - logvar_d - 1), per example."""
+def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL_d = 1/2 (mu_d^2 + e^logvar_d - logvar_d - 1): KL(q(z|x) || N(0, I)) of each latent dimension."""
     # expm1 keeps e^v - 1 - v >= 0 in floating point for tiny v (exp(v) - v - 1 can round below zero).
-    return 0.5 * (mu.pow(2) + torch.expm1(logvar) - logvar).sum(-1)
+    return 0.5 * (mu.pow(2) + torch.expm1(logvar) - logvar)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag(e^logvar)) || N(0, I)) = sum_d KL_d, per example."""
+    return gaussian_kl_per_dim(mu, logvar).sum(-1)
+
+
+def free_bits_kl(kl_per_dim: Tensor, target: float) -> Tensor:
+    """sum_d max(lambda, (1/B) sum_b KL_bd): free bits per dimension over the batch (Kingma et al. 2016).
+
+    Returned per example (the same value for each), so it slots in where a per-example KL goes; below
+    lambda a dimension's term is constant and passes no gradient.
+    """
+    per_dim = kl_per_dim.mean(0).clamp(min=target).sum()
+    return per_dim.expand(kl_per_dim.shape[0])
 
 
 def log_normal(z: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None) -> Tensor:

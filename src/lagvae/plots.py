@@ -43,3 +43,21 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...], path: Path) -> None:
+    """One panel per metric key, one line per method (mean over its runs) against the epoch."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for label, runs in curves.items():
+            length = min((len(r) for r in runs), default=0)
+            if length == 0:
+                continue
+            values = np.array([[rec[key] for rec in r[:length]] for r in runs], dtype=float).mean(0)
+            ax.plot([rec["epoch"] for rec in runs[0][:length]], values, marker=".", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {key.upper()}")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

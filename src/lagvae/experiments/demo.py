@@ -21,7 +21,7 @@ def _run(method: str, out: Path, epochs: int, seed: int, iw_samples: int, positi
     return train_and_evaluate(config, out / method, bar_position=position)
 
 
-def run_demo(out: Path, epochs: int = 5, seed: int = 783435, iw_samples: int = 500) -> dict[str, dict[str, Any]]:
+def run_demo(out: Path, epochs: int = 5, seed: int = 783435, iw_samples: int = 100) -> dict[str, dict[str, Any]]:
     """Train each of DEMO_METHODS into out/<method>, in parallel processes when there are cores for it."""
     workers = min(len(DEMO_METHODS), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers) as pool:

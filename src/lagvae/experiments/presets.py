@@ -60,7 +60,7 @@ def make_config(
     config = PRESETS[preset]()
     if size is not None:
         apply_size(config, size)
-    apply_method(config.train, method)
+    apply_method(config, method)
     if epochs is not None:
         config.train.epochs = epochs
     if seed is not None:

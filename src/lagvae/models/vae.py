@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from torch import Tensor, nn
 
-from lagvae.objectives import gaussian_kl, reparameterize
+from lagvae.objectives import gaussian_kl_per_dim, reparameterize
 
 
 class Decoder(Protocol):
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor: ...
     def n_units(self, x: Tensor) -> Tensor: ...
+
+
+Refiner = Callable[["VAE", Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class VAE(nn.Module):
@@ -22,6 +26,7 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
+        self.refine: Refiner | None = None
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(x)
@@ -29,11 +34,19 @@ class VAE(nn.Module):
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         return self.decoder.log_prob(x, z)
 
-    def loss_terms(self, x: Tensor, n_samples: int = 1) -> tuple[Tensor, Tensor]:
-        """Per-example reconstruction loss -E_q[log p(x|z)] (Monte Carlo) and analytic KL(q(z|x) || p(z))."""
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The q(z|x) that metrics evaluate: the encoder's, or its refinement when `refine` is set (SA-VAE)."""
         mu, logvar = self.encode(x)
+        return (mu, logvar) if self.refine is None else self.refine(self, x, mu, logvar)
+
+    def loss_terms(self, x: Tensor, n_samples: int = 1) -> tuple[Tensor, Tensor]:
+        """Reconstruction loss -E_q[log p(x|z)] (Monte Carlo) [B] and analytic KL per latent dimension [B, D]."""
+        return self.terms_at(x, *self.encode(x), n_samples)
+
+    def terms_at(self, x: Tensor, mu: Tensor, logvar: Tensor, n_samples: int = 1) -> tuple[Tensor, Tensor]:
+        """`loss_terms` for a given q(z|x) = N(mu, diag(e^logvar))."""
         z = reparameterize(mu, logvar, n_samples)
-        return -self.log_prob(x, z).mean(-1), gaussian_kl(mu, logvar)
+        return -self.log_prob(x, z).mean(-1), gaussian_kl_per_dim(mu, logvar)
 
     def n_units(self, x: Tensor) -> Tensor:
         return self.decoder.n_units(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +14,25 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lagvae.config import ConfigError, RunConfig, load_json
+from lagvae.config import ConfigError, LagvaeError, RunConfig, load_json
 from lagvae.data import Splits, build_data
 from lagvae.data.text import TextBatches, TextSet
 from lagvae.metrics import evaluate
 from lagvae.models import VAE, build_model
+from lagvae.objectives import free_bits_kl
 from lagvae.plots import plot_posterior_means
 from lagvae.posterior import PosteriorTracker, latent_grid
 from lagvae.training import checkpoint
 from lagvae.training.lr_rule import PlateauHalving
-from lagvae.training.run_folder import BEST, LAST, POSTERIOR_NPZ, POSTERIOR_PNG, VOCAB, RunFolder
+from lagvae.training.run_folder import BEST, LAST, METRICS, POSTERIOR_NPZ, POSTERIOR_PNG, VOCAB, RunFolder
 from lagvae.training.runtime import setup_runtime
-from lagvae.training.schedules import linear_anneal
-from lagvae.training.strategies import AggressiveStrategy, JointStrategy
+from lagvae.training.schedules import SCHEDULES, kl_weight
+from lagvae.training.strategies import AggressiveStrategy, JointStrategy, SemiAmortizedStrategy, plain_kl
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one syncs with the device)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LagvaeError):
     """Training produced NaN/inf; the last good checkpoint is kept on disk."""
 
 
@@ -45,10 +47,14 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"lr must be positive, got {t.lr}")
     if t.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"unknown optimizer {t.optimizer!r}; choose sgd or adam")
-    if t.strategy not in ("joint", "aggressive"):
-        raise ConfigError(f"unknown strategy {t.strategy!r}; choose joint or aggressive")
-    if config.model.latent_dim <= 0:
-        raise ConfigError("model.latent_dim must be positive")
+    if t.strategy not in ("joint", "aggressive", "savae"):
+        raise ConfigError(f"unknown strategy {t.strategy!r}; choose joint, aggressive or savae")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {t.schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if t.kl_term not in KL_TERMS:
+        raise ConfigError(f"unknown kl_term {t.kl_term!r}; choose from {', '.join(KL_TERMS)}")
+    if config.model.latent_dim < 0:
+        raise ConfigError("model.latent_dim must be >= 0 (0 is a latent-free language model)")
     if config.eval.iw_samples < 0:
         raise ConfigError("eval.iw_samples must be >= 0")
 
@@ -66,13 +72,23 @@ def set_lr(strategy: JointStrategy, lr: float) -> None:
             group["lr"] = lr
 
 
+KL_TERMS = ("plain", "free-bits")
+
+
 def build_strategy(config: RunConfig, model: VAE, sample_batch: Callable[[], Tensor]) -> JointStrategy:
     t = config.train
     enc = make_optimizer(model.encoder.parameters(), config, t.lr)
     dec = make_optimizer(model.decoder.parameters(), config, t.lr)
+    kl_term = partial(free_bits_kl, target=t.free_bits) if t.kl_term == "free-bits" else plain_kl
     if t.strategy == "aggressive":
-        return AggressiveStrategy(model, enc, dec, t.clip_grad, sample_batch, t.agg_window, t.agg_max_inner)
-    return JointStrategy(model, enc, dec, t.clip_grad)
+        return AggressiveStrategy(
+            model, enc, dec, t.clip_grad, sample_batch, t.agg_window, t.agg_max_inner, kl_term=kl_term
+        )
+    if t.strategy == "savae":
+        return SemiAmortizedStrategy(
+            model, enc, dec, t.clip_grad, t.svi_steps, t.svi_lr, t.svi_momentum, kl_term=kl_term
+        )
+    return JointStrategy(model, enc, dec, t.clip_grad, kl_term)
 
 
 @dataclass
@@ -120,7 +136,7 @@ class Trainer:
 
     def _make_tracker(self) -> PosteriorTracker | None:
         e = self.config.eval
-        if e.posterior_points <= 0 or self.config.model.latent_dim > 2:
+        if e.posterior_points <= 0 or not 1 <= self.config.model.latent_dim <= 2:
             return None
         x = self.splits.val.head(e.posterior_points)
         x = x.tokens[:, : int(x.lengths.max())].to(self.device)
@@ -179,7 +195,6 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, st = self.config, self.state
         iters = len(self.train_batches)
-        warmup_steps = cfg.train.warm_up * iters
         snap_every = iters // cfg.eval.snapshots_epoch0 if cfg.eval.snapshots_epoch0 > 0 else 0
         bar = tqdm(
             total=iters,
@@ -190,11 +205,11 @@ class Trainer:
             dynamic_ncols=True,
         )
         loss_sum = torch.zeros((), device=self.device)
-        inner_sum, count, kl_weight, seconds = 0, 0, 1.0, 0.0
+        inner_sum, count, beta, seconds = 0, 0, 1.0, 0.0
         start = time.perf_counter()
         for x in _on(self.device, self.train_batches):
-            kl_weight = linear_anneal(st.step, cfg.train.kl_start, warmup_steps)
-            stats = self.strategy.step(x, kl_weight)
+            beta = kl_weight(st.step, cfg.train, iters)
+            stats = self.strategy.step(x, beta)
             st.step += 1
             loss_sum += stats.loss
             inner_sum += stats.inner_steps
@@ -208,7 +223,7 @@ class Trainer:
                     )
                 bar.set_postfix(
                     loss=f"{mean_loss:.2f}",
-                    kl_w=f"{kl_weight:.2f}",
+                    kl_w=f"{beta:.2f}",
                     agg="on" if self.strategy.aggressive else "off",
                     inner=f"{inner_sum / count:.1f}",
                 )
@@ -221,13 +236,15 @@ class Trainer:
         bar.close()
         return {
             "train_loss": float(loss_sum) / max(count, 1),
-            "kl_weight": kl_weight,
+            "kl_weight": beta,
             "inner_steps": inner_sum / max(count, 1),
             "seconds": seconds,
         }
 
     def fit(self) -> TrainState:
         cfg, st = self.config, self.state
+        if st.step == 0:
+            self.folder.file(METRICS).unlink(missing_ok=True)  # a fresh run replaces an old log
         self.folder.write_config(cfg)
         self.splits.vocab.save(self.folder.file(VOCAB))
         if st.step == 0:

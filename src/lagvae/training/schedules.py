@@ -2,9 +2,49 @@
 
 from __future__ import annotations
 
+import math
+
+from lagvae.config import ConfigError, TrainConfig
+
 
 def linear_anneal(step: int, start: float, warmup_steps: int) -> float:
     """beta(t) = min(1, start + t (1 - start) / warmup_steps): the paper's per-iteration KL annealing."""
     if warmup_steps <= 0 or start >= 1.0:
         return 1.0
     return min(1.0, start + step * (1.0 - start) / warmup_steps)
+
+
+def cyclical(step: int, period: float, ratio: float = 0.5, floor: float = 0.0, shape: str = "linear") -> float:
+    """Fu et al. (2019): within each period, rise from `floor` to 1 over the first `ratio` of it, then hold 1.
+
+    beta(t) = floor + (1 - floor) f(tau / ratio) for tau = (t mod period) / period < ratio, else 1, where f
+    is linear, cosine (1 - cos(pi u)) / 2, or sigmoid (logistic over [-6, 6], rescaled to [0, 1]).
+    """
+    tau = (step % period) / period
+    if tau >= ratio:
+        return 1.0
+    u = tau / ratio
+    if shape == "linear":
+        ramp = u
+    elif shape == "cosine":
+        ramp = 0.5 * (1.0 - math.cos(math.pi * u))
+    elif shape == "sigmoid":
+        lo, hi = 1 / (1 + math.exp(6)), 1 / (1 + math.exp(-6))
+        ramp = (1 / (1 + math.exp(-12 * u + 6)) - lo) / (hi - lo)
+    else:
+        raise ConfigError(f"unknown cycle shape {shape!r}; choose linear, cosine or sigmoid")
+    return floor + (1.0 - floor) * ramp
+
+
+SCHEDULES = ("linear", "constant", "cyclical")
+
+
+def kl_weight(step: int, train: TrainConfig, iters_per_epoch: int) -> float:
+    """The KL weight at `step` under the run's schedule."""
+    if train.schedule == "constant":
+        return train.beta
+    if train.schedule == "cyclical":
+        return cyclical(
+            step, train.epochs * iters_per_epoch / train.n_cycles, train.cycle_ratio, 0.0, train.cycle_shape
+        )
+    return linear_anneal(step, train.kl_start, train.warm_up * iters_per_epoch)

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lagvae.inference import svi_refine
 from lagvae.models.vae import VAE
+
+KLTerm = Callable[[Tensor], Tensor]  # KL per dimension [B, D] -> the per-example KL term in the loss [B]
+
+
+def plain_kl(kl_per_dim: Tensor) -> Tensor:
+    return kl_per_dim.sum(-1)
 
 
 @dataclass
@@ -48,15 +55,20 @@ class JointStrategy:
         enc_opt: torch.optim.Optimizer,
         dec_opt: torch.optim.Optimizer,
         clip_grad: float,
+        kl_term: KLTerm = plain_kl,
     ) -> None:
         self.model = model
         self.enc_opt = enc_opt
         self.dec_opt = dec_opt
         self.clip_grad = clip_grad
+        self.kl_term = kl_term
+
+    def _combine(self, rec: Tensor, kl_per_dim: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(per-example loss rec + beta * KL term, rec, the plain KL that is reported)."""
+        return rec + kl_weight * self.kl_term(kl_per_dim), rec, kl_per_dim.sum(-1)
 
     def _loss(self, x: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor]:
-        rec, kl = self.model.loss_terms(x)
-        return rec + kl_weight * kl, rec, kl
+        return self._combine(*self.model.loss_terms(x), kl_weight)
 
     def _joint_step(self, x: Tensor, kl_weight: float, inner_steps: int = 0) -> StepStats:
         loss, rec, kl = self._loss(x, kl_weight)
@@ -123,8 +135,9 @@ class AggressiveStrategy(JointStrategy):
         sample_batch: Callable[[], Tensor],
         window: int = 15,
         max_inner: int = 100,
+        kl_term: KLTerm = plain_kl,
     ) -> None:
-        super().__init__(model, enc_opt, dec_opt, clip_grad)
+        super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term)
         self.sample_batch = sample_batch
         self.window = window
         self.max_inner = max_inner
@@ -158,3 +171,49 @@ class AggressiveStrategy(JointStrategy):
     def load_state_dict(self, state: dict) -> None:
         self.aggressive = bool(state["aggressive"])
         self.previous_mi = state["previous_mi"]
+
+
+class SemiAmortizedStrategy(JointStrategy):
+    """SA-VAE (Kim et al. 2018): the encoder's (mu, logvar) start `svi_steps` SVI steps on each x's ELBO.
+
+    The decoder steps on the ELBO at the refined lambda_K (held fixed); the encoder steps on the same ELBO
+    differentiated through the unrolled SVI steps (create_graph), so it learns a good starting point.
+    Metrics then use the refined posterior too (the model's `refine` hook).
+    """
+
+    def __init__(
+        self,
+        model: VAE,
+        enc_opt: torch.optim.Optimizer,
+        dec_opt: torch.optim.Optimizer,
+        clip_grad: float,
+        svi_steps: int = 10,
+        svi_lr: float = 1.0,
+        svi_momentum: float = 0.5,
+        kl_term: KLTerm = plain_kl,
+    ) -> None:
+        super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term)
+        self.svi = {"steps": svi_steps, "lr": svi_lr, "momentum": svi_momentum}
+        model.refine = self.refine
+
+    def refine(self, model: VAE, x: Tensor, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+        return svi_refine(model, x, mu, logvar, **self.svi)
+
+    def step(self, x: Tensor, kl_weight: float) -> StepStats:
+        model = self.model
+        mu0, logvar0 = model.encode(x)
+        mu, logvar = svi_refine(model, x, mu0, logvar0, **self.svi, create_graph=True)
+        enc_loss, _, _ = self._combine(*model.terms_at(x, mu, logvar), kl_weight)
+        dec_loss, rec, kl = self._combine(*model.terms_at(x, mu.detach(), logvar.detach()), kl_weight)
+        enc_params = list(model.encoder.parameters())
+        dec_params = list(model.decoder.parameters())
+        model.zero_grad(set_to_none=True)
+        enc_grads = torch.autograd.grad(enc_loss.mean(), enc_params)
+        dec_grads = torch.autograd.grad(dec_loss.mean(), dec_params)
+        for p, g in zip(enc_params + dec_params, enc_grads + dec_grads, strict=True):
+            p.grad = g
+        if self.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip_grad)
+        self.enc_opt.step()
+        self.dec_opt.step()
+        return StepStats(dec_loss.detach().mean(), rec.detach().mean(), kl.detach().mean())

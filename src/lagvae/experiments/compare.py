@@ -1,0 +1,172 @@
+"""`lagvae compare`: a methods x seeds grid on one preset, resumable, summarised like the paper's tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lagvae.config import ConfigError
+from lagvae.experiments.presets import make_config
+from lagvae.training.methods import METHODS
+from lagvae.training.run_folder import FINAL, RunFolder
+
+# A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
+PARAMETER = {"beta": "train.beta", "free-bits": "train.free_bits", "savae": "train.svi_steps"}
+METRICS = ("nll", "kl", "mi", "au")
+
+
+@dataclass
+class RunSpec:
+    preset: str
+    label: str  # e.g. "beta=0.8"
+    method: str
+    seed: int
+    out: Path
+    epochs: int | None
+    train_limit: int | None
+    overrides: tuple[str, ...]
+
+
+def parse_method(spec: str) -> tuple[str, list[str]]:
+    """'beta=0.8' -> ('beta', ['train.beta=0.8']); 'vae' -> ('vae', [])."""
+    name, _, value = spec.partition("=")
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if not value:
+        return name, []
+    if name not in PARAMETER:
+        raise ConfigError(f"method {name!r} takes no parameter (only {', '.join(PARAMETER)} do)")
+    return name, [f"{PARAMETER[name]}={value}"]
+
+
+def _run_one(spec: RunSpec) -> dict[str, Any]:
+    from lagvae.training.loop import train_and_evaluate
+
+    method, extra = parse_method(spec.label)
+    config = make_config(
+        spec.preset,
+        method,
+        epochs=spec.epochs,
+        seed=spec.seed,
+        train_limit=spec.train_limit,
+        overrides=[*extra, *spec.overrides],
+    )
+    config.threads = 1  # grid runs share the machine; one thread each
+    config.progress = False
+    return train_and_evaluate(config, spec.out)
+
+
+def _attempt(spec: RunSpec) -> dict[str, Any]:
+    """Run one cell; a failure becomes a record instead of stopping the grid."""
+    try:
+        return {"ok": True, **_run_one(spec)}
+    except Exception as err:  # noqa: BLE001 - every failure is reported per run
+        (spec.out / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+        (spec.out / "error.txt").write_text(traceback.format_exc())
+        return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+
+
+def run_grid(
+    preset: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    *,
+    epochs: int | None = None,
+    train_limit: int | None = None,
+    overrides: Sequence[str] = (),
+    jobs: int = 1,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Train every (method, seed) not already finished under out/<method>/seed<seed>, then summarise."""
+    for label in methods:
+        parse_method(label)  # fail fast on a typo, before hours of training
+    specs = [
+        RunSpec(preset, m, parse_method(m)[0], s, out / m / f"seed{s}", epochs, train_limit, tuple(overrides))
+        for m in methods
+        for s in seeds
+    ]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
+    for spec in specs:
+        final = spec.out / FINAL
+        if final.exists():
+            results[(spec.label, spec.seed)] = {"ok": True, **json.loads(final.read_text())}
+        else:
+            todo.append(spec)
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for spec, result in zip(todo, pool.map(_attempt, todo), strict=True):
+            results[(spec.label, spec.seed)] = result
+            status = "done" if result["ok"] else f"FAILED ({result['error']})"
+            print(f"{spec.label} seed {spec.seed}: {status}", flush=True)
+    write_summary(results, methods, out)
+    return results
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per method: mean and sd over its successful seeds, time relative to `vae` when present."""
+    rows = []
+    for label in methods:
+        runs = [r for (m, _), r in results.items() if m == label and r["ok"]]
+        row: dict[str, Any] = {"method": label, "runs": len(runs)}
+        if runs:
+            for key in (*METRICS, "ppl", "train_seconds"):
+                if all(key in r for r in runs):
+                    row[key], row[f"{key}_sd"] = _mean_sd([float(r[key]) for r in runs])
+            row["seconds_per_epoch"] = statistics.fmean(r["train_seconds"] / max(r["epochs"], 1) for r in runs)
+        rows.append(row)
+    base = next((r for r in rows if r["method"] == "vae" and r["runs"]), None)
+    for row in rows:
+        if base and row["runs"]:
+            row["time_rel"] = row["seconds_per_epoch"] / base["seconds_per_epoch"]
+    return rows
+
+
+def write_summary(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str], out: Path) -> None:
+    rows = summarise(results, methods)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "compare.csv").open("w", newline="") as f:
+        keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "method", k))
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    has_ppl = any("ppl" in r for r in rows)
+    head = ["method", "NLL", "KL", "MI", "AU", *(["PPL"] if has_ppl else []), "time/epoch vs vae", "s/epoch", "runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if not row["runs"]:
+            lines.append(f"| {row['method']} |" + " - |" * (len(head) - 2) + " 0 |")
+            continue
+        cells = [row["method"]]
+        for key in (*METRICS, *(["ppl"] if has_ppl else [])):
+            cells.append(f"{row[key]:.2f} ± {row[key + '_sd']:.2f}" if key in row else "-")
+        cells.append(f"{row['time_rel']:.2f}x" if "time_rel" in row else "-")
+        cells += [f"{row['seconds_per_epoch']:.1f}", str(row["runs"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    failures = [f"- {m} seed {s}: {r['error']}" for (m, s), r in results.items() if not r["ok"]]
+    text = "\n".join(lines) + "\n"
+    if failures:
+        text += "\nFailed runs (see error.txt in each run folder):\n" + "\n".join(failures) + "\n"
+    (out / "compare.md").write_text(text)
+    _plot_curves(results, methods, out)
+
+
+def _plot_curves(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str], out: Path) -> None:
+    from lagvae.plots import plot_metric_curves
+
+    curves: dict[str, list[list[dict[str, Any]]]] = {}
+    for label in methods:
+        for (m, seed), r in results.items():
+            if m == label and r["ok"]:
+                curves.setdefault(label, []).append(RunFolder(out / m / f"seed{seed}").read_metrics())
+    plot_metric_curves(curves, ("mi", "au"), out / "compare_curves.png")
