@@ -70,6 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", type=Path, required=True)
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    def generation_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run", type=Path, help="a run folder")
+        p.add_argument("--decode", choices=("greedy", "beam", "sample"), default="greedy")
+        p.add_argument("--beam", type=_positive_int, default=5, help="beam width")
+        p.add_argument("--temperature", type=float, default=1.0, help="for --decode sample")
+        p.add_argument("--max-len", type=_positive_int, default=50)
+        p.add_argument("--seed", type=int, default=0)
+
+    smp = sub.add_parser("sample", help="decode sentences from z ~ p(z)")
+    generation_flags(smp)
+    smp.add_argument("-n", type=_positive_int, default=10)
+    rec = sub.add_parser("reconstruct", help="encode each line of a file and decode it")
+    generation_flags(rec)
+    rec.add_argument("--input", type=Path, required=True)
+    rec.add_argument("--sample-z", action="store_true", help="decode a posterior sample, not the mean")
+    itp = sub.add_parser("interpolate", help="decode along the line between two sentences' posterior means")
+    generation_flags(itp)
+    itp.add_argument("sentence_a")
+    itp.add_argument("sentence_b")
+    itp.add_argument("--steps", type=_positive_int, default=5)
+
     demo = sub.add_parser("demo", help="vae vs aggressive on the synthetic preset, side by side")
     demo.add_argument("--epochs", type=_positive_int, default=5)
     demo.add_argument("--seed", type=int, default=783435)
@@ -129,6 +150,44 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"{len(results) - failed} runs finished, {failed} failed; table in {args.out / 'compare.md'}")
 
 
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from lagvae.data.text import TextSet
+    from lagvae.generate import decode, interpolation_latents
+    from lagvae.training.loop import load_trained
+
+    torch.manual_seed(args.seed)
+    config, model, vocab = load_trained(args.run)
+    device = next(model.parameters()).device
+
+    def encode(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        docs = [line.split("\t", 1)[-1].split() for line in lines]
+        if not all(docs):
+            raise LagvaeError("empty sentence given; every input needs at least one token")
+        data = TextSet.from_ids([vocab.encode(d) for d in docs])
+        with torch.no_grad():
+            return model.posterior(data.tokens.to(device))
+
+    if args.command == "sample":
+        z = torch.randn(args.n, config.model.latent_dim, device=device)
+    elif args.command == "reconstruct":
+        from lagvae.data.corpus import read_lines
+
+        lines = [line for line in read_lines(args.input) if line.strip()]
+        if not lines:
+            raise LagvaeError(f"{args.input} has no non-empty lines")
+        mu, logvar = encode(lines)
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if args.sample_z else mu
+    else:
+        mu, _ = encode([args.sentence_a, args.sentence_b])
+        z = interpolation_latents(mu[0], mu[1], args.steps)
+    ids = decode(model, z, args.max_len, args.decode, args.beam, args.temperature)
+    for i, row in enumerate(ids):
+        text = " ".join(vocab.decode(row))
+        print(f"{lines[i]}\t->\t{text}" if args.command == "reconstruct" else text)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lagvae.experiments.demo import run_demo
     from lagvae.experiments.report import results_table
@@ -141,7 +200,15 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"posterior-mean figure ({method}): {args.out / method / POSTERIOR_PNG}")
 
 
-COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "demo": _demo}
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "compare": _compare,
+    "sample": _generate,
+    "reconstruct": _generate,
+    "interpolate": _generate,
+    "demo": _demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

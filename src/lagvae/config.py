@@ -33,7 +33,14 @@ class DataConfig:
     vocab_size: int = 1000
     latent_dim: int = 2
     train_limit: int | None = None
-    path: str | None = None
+    path: str | None = None  # text: folder with train/valid/test.txt; yelp: folder holding yelp_sentences/
+    train_path: str | None = None  # text: explicit split files (override data.path)
+    valid_path: str | None = None
+    test_path: str | None = None
+    max_vocab: int = 0  # 0: every training word (subject to min_freq)
+    min_freq: int = 1
+    max_len: int = 0  # tokens per document, 0: no limit
+    overflow: str = "truncate"  # what happens to longer documents: truncate | drop
 
 
 @dataclass

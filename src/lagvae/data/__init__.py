@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from lagvae.config import ConfigError, DataConfig
+from lagvae.data.corpus import default_data_root, encode_corpus, ptb_lines, user_corpus_lines, yelp_lines
 from lagvae.data.synthetic import generate_synthetic
 from lagvae.data.text import BOS_ID, EOS_ID, SPECIALS, TextSet, Vocab
 
@@ -19,9 +22,10 @@ class Splits:
     val: TextSet
     test: TextSet
     vocab: Vocab
+    stats: dict[str, Any] = field(default_factory=dict)  # what loading skipped, truncated or dropped
 
 
-def synthetic_splits(config: DataConfig) -> Splits:
+def synthetic_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
     """The paper's synthetic corpus: train first, then validation, then test, in generation order."""
     n = config.n_train + config.n_val + config.n_test
     tokens, _ = generate_synthetic(n, config.seq_len, config.vocab_size, config.seed, config.latent_dim)
@@ -35,14 +39,35 @@ def synthetic_splits(config: DataConfig) -> Splits:
     return Splits(cut(0, a), cut(a, b), cut(b, n), vocab)
 
 
-LOADERS = {"synthetic": synthetic_splits}
+def _corpus_splits(raw: dict[str, list[str]], config: DataConfig, vocab: Vocab | None) -> Splits:
+    sets, vocab, stats = encode_corpus(raw, config, vocab)
+    return Splits(sets["train"], sets["valid"], sets["test"], vocab, asdict(stats))
 
 
-def build_data(config: DataConfig) -> Splits:
-    """Load the corpus `config.name` and apply `train_limit`."""
+def ptb_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
+    return _corpus_splits(ptb_lines(), config, vocab)
+
+
+def yelp_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
+    root = Path(config.path) if config.path else default_data_root()
+    if root is None or not (root / "yelp_sentences").is_dir():
+        where = f"{root}/yelp_sentences" if root else "../shared/data/yelp_sentences"
+        raise ConfigError(f"Yelp sentences not found at {where}; set data.path=FOLDER holding yelp_sentences/")
+    return _corpus_splits(yelp_lines(root, config.seed), config, vocab)
+
+
+def text_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
+    return _corpus_splits(user_corpus_lines(config), config, vocab)
+
+
+LOADERS = {"synthetic": synthetic_splits, "ptb": ptb_splits, "yelp": yelp_splits, "text": text_splits}
+
+
+def build_data(config: DataConfig, vocab: Vocab | None = None) -> Splits:
+    """Load the corpus `config.name` (reusing `vocab` when given, as evaluation does) and apply `train_limit`."""
     if config.name not in LOADERS:
         raise ConfigError(f"unknown dataset {config.name!r}; choose from {', '.join(sorted(LOADERS))}")
-    splits = LOADERS[config.name](config)
+    splits = LOADERS[config.name](config, vocab)
     if config.train_limit is not None:
         if config.train_limit <= 0:
             raise ConfigError("train_limit must be positive")

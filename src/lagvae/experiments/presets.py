@@ -31,7 +31,22 @@ def synthetic_1d() -> RunConfig:
     return config
 
 
-PRESETS: dict[str, Callable[[], RunConfig]] = {"synthetic": synthetic, "synthetic-1d": synthetic_1d}
+def _text(name: str) -> RunConfig:
+    """A real-text preset: the CPU-friendly `small` model (`--size paper` for the paper's), SGD lr 1, batch 32."""
+    config = RunConfig(preset=name, data=DataConfig(name=name))
+    apply_size(config, "small")
+    config.train.epochs = 30
+    config.eval.posterior_points = 0  # z = 32: no grid picture
+    return config
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "synthetic": synthetic,
+    "synthetic-1d": synthetic_1d,
+    "ptb": lambda: _text("ptb"),
+    "yelp": lambda: _text("yelp"),
+    "text": lambda: _text("text"),  # the user's corpus: --set data.path=FOLDER
+}
 
 
 def apply_size(config: RunConfig, size: str) -> None:

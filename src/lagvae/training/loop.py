@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from lagvae.config import ConfigError, LagvaeError, RunConfig, load_json
 from lagvae.data import Splits, build_data
-from lagvae.data.text import TextBatches, TextSet
+from lagvae.data.text import TextBatches, TextSet, Vocab
+from lagvae.inference import svi_refine
 from lagvae.metrics import evaluate
 from lagvae.models import VAE, build_model
 from lagvae.objectives import free_bits_kl
@@ -24,8 +25,8 @@ from lagvae.plots import plot_posterior_means
 from lagvae.posterior import PosteriorTracker, latent_grid
 from lagvae.training import checkpoint
 from lagvae.training.lr_rule import PlateauHalving
-from lagvae.training.run_folder import BEST, LAST, METRICS, POSTERIOR_NPZ, POSTERIOR_PNG, VOCAB, RunFolder
-from lagvae.training.runtime import setup_runtime
+from lagvae.training.run_folder import BEST, DATA_STATS, LAST, METRICS, POSTERIOR_NPZ, POSTERIOR_PNG, VOCAB, RunFolder
+from lagvae.training.runtime import resolve_device, setup_runtime
 from lagvae.training.schedules import SCHEDULES, kl_weight
 from lagvae.training.strategies import AggressiveStrategy, JointStrategy, SemiAmortizedStrategy, plain_kl
 
@@ -114,14 +115,16 @@ def _on(device: torch.device, batches: TextBatches) -> Any:
 class Trainer:
     """One run in one folder. `fit()` trains (resuming from last.pt when asked); `test()` writes final.json."""
 
-    def __init__(self, config: RunConfig, out_dir: Path | str, *, bar_position: int = 0) -> None:
+    def __init__(
+        self, config: RunConfig, out_dir: Path | str, *, bar_position: int = 0, vocab: Vocab | None = None
+    ) -> None:
         validate(config)
         self.config = config
         self.folder = RunFolder(out_dir)
         self.folder.create()
         self.device = setup_runtime(config)
         torch.manual_seed(config.train.seed)
-        self.splits: Splits = build_data(config.data)
+        self.splits: Splits = build_data(config.data, vocab)
         self.model = build_model(config.model, len(self.splits.vocab)).to(self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.train_batches = TextBatches(
@@ -247,6 +250,8 @@ class Trainer:
             self.folder.file(METRICS).unlink(missing_ok=True)  # a fresh run replaces an old log
         self.folder.write_config(cfg)
         self.splits.vocab.save(self.folder.file(VOCAB))
+        if self.splits.stats:
+            checkpoint.save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
         if st.step == 0:
             self._snapshot(0)
         val_batches = _eval_batches(self.splits.val, cfg)
@@ -322,7 +327,7 @@ def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str
     config = load_json(folder.file("config.json"))
     if iw_samples is not None:
         config.eval.iw_samples = iw_samples
-    trainer = Trainer(config, run_dir)
+    trainer = Trainer(config, run_dir, vocab=Vocab.load(folder.file(VOCAB)))
     history = folder.read_metrics()
     trainer.state = TrainState(
         train_seconds=history[-1]["train_seconds"] if history else 0.0,
@@ -330,3 +335,19 @@ def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str
         best_epoch=int(checkpoint.load(folder.file(BEST))["epoch"]),
     )
     return trainer.test()
+
+
+def load_trained(run_dir: Path | str, device: str = "auto") -> tuple[RunConfig, VAE, Vocab]:
+    """The best-validation model of a run folder, ready for generation (on the GPU when there is one)."""
+    folder = RunFolder(run_dir)
+    if not folder.file(BEST).exists():
+        raise ConfigError(f"{folder.path} has no {BEST}; is it a lagvae run folder?")
+    config = load_json(folder.file("config.json"))
+    vocab = Vocab.load(folder.file(VOCAB))
+    target = resolve_device(device)
+    model = build_model(config.model, len(vocab)).to(target)
+    model.load_state_dict(checkpoint.load(folder.file(BEST), target)["model"])
+    if config.train.strategy == "savae":
+        t = config.train
+        model.refine = partial(svi_refine, steps=t.svi_steps, lr=t.svi_lr, momentum=t.svi_momentum)
+    return config, model.eval(), vocab

