@@ -57,7 +57,7 @@ class LinearEncoder(nn.Module):
 def linear_gaussian_vae(x_dim: int = 3, z_dim: int = 2, seed: int = 0) -> tuple[VAE, LinearGaussianDecoder]:
     gen = torch.Generator().manual_seed(seed)
     decoder = LinearGaussianDecoder(torch.randn(x_dim, z_dim, generator=gen), torch.randn(x_dim, generator=gen), 0.7)
-    return VAE(LinearEncoder(x_dim, z_dim), decoder, z_dim), decoder
+    return VAE(LinearEncoder(x_dim, z_dim), decoder), decoder
 
 
 def match_encoder_to_posterior(vae: VAE, dec: LinearGaussianDecoder, widen: float = 1.5) -> None:
@@ -70,6 +70,10 @@ def match_encoder_to_posterior(vae: VAE, dec: LinearGaussianDecoder, widen: floa
         vae.encoder.a.weight.copy_(a)
         vae.encoder.a.bias.copy_(-a @ dec.b)
         vae.encoder.logvar.copy_(torch.log(torch.diagonal(cov) * widen))
+
+
+# Tests use tiny models, for which one thread is several times faster than two (docs/BENCHMARKS.md).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -57,4 +57,4 @@ def test_sizes_and_presets():
     ):
         with pytest.raises(ConfigError, match="choose from"):
             bad()
-    assert set(PRESETS) == {"synthetic", "synthetic-1d"}
+    assert set(PRESETS) == {"synthetic", "synthetic-1d", "ptb", "yelp", "text"}

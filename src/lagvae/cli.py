@@ -30,6 +30,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lagvae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run", type=Path, help="a run folder")
         p.add_argument("--decode", choices=("greedy", "beam", "sample"), default="greedy")
         p.add_argument("--beam", type=_positive_int, default=5, help="beam width")
-        p.add_argument("--temperature", type=float, default=1.0, help="for --decode sample")
+        p.add_argument("--temperature", type=_positive_float, default=1.0, help="for --decode sample")
         p.add_argument("--max-len", type=_positive_int, default=50)
         p.add_argument("--seed", type=int, default=0)
 
@@ -95,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=5)
     demo.add_argument("--seed", type=int, default=783435)
     demo.add_argument("--iw-samples", type=_positive_int, default=100, help="K at test (the reference used 100)")
+    demo.add_argument("--train-limit", type=_positive_int, default=6000, help="training sentences (16000 = all)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     return parser
 
@@ -189,13 +200,19 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from lagvae.experiments.demo import run_demo
+    from lagvae.experiments.demo import demo_checks, run_demo
     from lagvae.experiments.report import results_table
     from lagvae.training.run_folder import POSTERIOR_PNG
 
-    results = run_demo(args.out, args.epochs, args.seed, args.iw_samples)
-    print(f"\nsynthetic preset, {args.epochs} epochs, seed {args.seed}, test IW-NLL with K={args.iw_samples}\n")
+    results = run_demo(args.out, args.epochs, args.seed, args.iw_samples, args.train_limit)
+    print(
+        f"\nsynthetic preset, {args.train_limit} training sentences, {args.epochs} epochs, seed {args.seed}, "
+        f"test IW-NLL with K={args.iw_samples}\n"
+    )
     print(results_table(results))
+    print()
+    for claim, shown in demo_checks(results):
+        print(f"[{'shown' if shown else 'NOT shown'}] {claim}")
     for method in results:
         print(f"posterior-mean figure ({method}): {args.out / method / POSTERIOR_PNG}")
 

@@ -33,6 +33,7 @@ class DataConfig:
     vocab_size: int = 1000
     latent_dim: int = 2
     train_limit: int | None = None
+    eval_limit: int | None = None  # first N validation and test examples, for quick trials
     path: str | None = None  # text: folder with train/valid/test.txt; yelp: folder holding yelp_sentences/
     train_path: str | None = None  # text: explicit split files (override data.path)
     valid_path: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID
+from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, strip_ids
 from lagvae.models.vae import VAE
 
 DECODERS = ("greedy", "beam", "sample")
@@ -58,7 +58,7 @@ def _stepwise(model: VAE, z: Tensor, max_len: int, sample: bool, temperature: fl
         done |= token.squeeze(1) == EOS_ID
         if bool(done.all()):
             break
-    return [_strip(row) for row in out.tolist()]
+    return [strip_ids(row) for row in out.tolist()]
 
 
 def _beam(model: VAE, z: Tensor, max_len: int, width: int) -> list[list[int]]:
@@ -89,17 +89,7 @@ def _beam(model: VAE, z: Tensor, max_len: int, width: int) -> list[list[int]]:
         if bool(finished.all()):
             break
     best = scores.argmax(-1) + torch.arange(n, device=device) * width
-    return [_strip(row) for row in history[best].tolist()]
-
-
-def _strip(ids: list[int]) -> list[int]:
-    words = []
-    for i in ids:
-        if i == EOS_ID:
-            break
-        if i != PAD_ID:
-            words.append(i)
-    return words
+    return [strip_ids(row) for row in history[best].tolist()]
 
 
 def interpolation_latents(mu_a: Tensor, mu_b: Tensor, steps: int) -> Tensor:

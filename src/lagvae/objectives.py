@@ -45,8 +45,8 @@ def reparameterize(mu: Tensor, logvar: Tensor, n_samples: int) -> Tensor:
 
 
 def elbo(log_px_z: Tensor, kl: Tensor, kl_weight: float = 1.0) -> Tensor:
-    """ELBO_beta(x) = E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)); log_px_z [B, S] is averaged over samples."""
-    return log_px_z.mean(-1) - kl_weight * kl
+    """ELBO_beta(x) = E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), per example ([B] or [B, S] averaged over S)."""
+    return (log_px_z.mean(-1) if log_px_z.dim() > kl.dim() else log_px_z) - kl_weight * kl
 
 
 def log_importance_weights(log_px_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

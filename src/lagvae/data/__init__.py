@@ -72,4 +72,8 @@ def build_data(config: DataConfig, vocab: Vocab | None = None) -> Splits:
         if config.train_limit <= 0:
             raise ConfigError("train_limit must be positive")
         splits.train = splits.train.head(config.train_limit)
+    if config.eval_limit is not None:
+        if config.eval_limit <= 0:
+            raise ConfigError("eval_limit must be positive")
+        splits.val, splits.test = splits.val.head(config.eval_limit), splits.test.head(config.eval_limit)
     return splits

@@ -154,4 +154,4 @@ def user_corpus_lines(config: DataConfig) -> dict[str, list[str]]:
             "a text corpus needs data.path=FOLDER or data.train_path/valid_path/test_path; missing: "
             + ", ".join(missing)
         )
-    return {split: read_lines(Path(p)) for split, p in paths.items() if p}
+    return {split: read_lines(Path(p)) for split, p in paths.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lagvae.config import ConfigError
+
 MIXTURE_MEANS = ((2.0, 2.0), (2.0, -2.0), (-2.0, 2.0), (-2.0, -2.0))
 
 
@@ -43,7 +45,7 @@ def generate_synthetic(
     reading [emb(x_t); z]. The generator's weights and the samples both come from `seed`.
     """
     if latent_dim != 2:
-        raise ValueError("the paper's synthetic generator has a 2-d latent (mixture of 4 Gaussians in R^2)")
+        raise ConfigError("data.latent_dim must be 2: the paper's generator draws z from 4 Gaussians in R^2")
     gen = torch.Generator().manual_seed(seed)
     model = _RandomLSTMGenerator(vocab_size, latent_dim)
     model.reset(gen)

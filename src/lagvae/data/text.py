@@ -15,6 +15,17 @@ SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
 
 
+def strip_ids(ids: Sequence[int]) -> list[int]:
+    """The content of an id sequence: up to the first </s>, without <s> and <pad>."""
+    out = []
+    for i in ids:
+        if i == EOS_ID:
+            break
+        if i not in (BOS_ID, PAD_ID):
+            out.append(i)
+    return out
+
+
 class Vocab:
     """Token <-> id map; ids 0-3 are always <pad>, <s>, </s>, <unk>."""
 
@@ -31,13 +42,7 @@ class Vocab:
 
     def decode(self, ids: Sequence[int]) -> list[str]:
         """Ids back to words, dropping <s>/<pad> and stopping at </s>."""
-        words = []
-        for i in ids:
-            if i == EOS_ID:
-                break
-            if i not in (BOS_ID, PAD_ID):
-                words.append(self.itos[i])
-        return words
+        return [self.itos[i] for i in strip_ids(ids)]
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.itos[len(SPECIALS) :]) + "\n")

@@ -23,7 +23,7 @@ def build_model(config: ModelConfig, vocab_size: int) -> VAE:
             config.dec_dropout_in,
             config.dec_dropout_out,
         )
-    return VAE(encoder, decoder, config.latent_dim)
+    return VAE(encoder, decoder)
 
 
 __all__ = ["VAE", "LSTMDecoder", "LSTMEncoder", "build_model"]

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 from torch import Tensor, nn
 
 from lagvae.objectives import gaussian_kl_per_dim, reparameterize
-
-
-class Decoder(Protocol):
-    def log_prob(self, x: Tensor, z: Tensor) -> Tensor: ...
-    def n_units(self, x: Tensor) -> Tensor: ...
-
 
 Refiner = Callable[["VAE", Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -21,11 +14,10 @@ Refiner = Callable[["VAE", Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 class VAE(nn.Module):
     """Pairs an encoder `x -> (mu, logvar)` with a decoder `(x, z[B,S,D]) -> log p(x|z) [B,S]`."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        self.latent_dim = latent_dim
         self.refine: Refiner | None = None
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

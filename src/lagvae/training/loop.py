@@ -14,10 +14,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lagvae.config import ConfigError, LagvaeError, RunConfig, load_json
+from lagvae.config import ConfigError, LagvaeError, RunConfig, apply_override, load_json, to_dict
 from lagvae.data import Splits, build_data
 from lagvae.data.text import TextBatches, TextSet, Vocab
-from lagvae.inference import svi_refine
 from lagvae.metrics import evaluate
 from lagvae.models import VAE, build_model
 from lagvae.objectives import free_bits_kl
@@ -25,11 +24,30 @@ from lagvae.plots import plot_posterior_means
 from lagvae.posterior import PosteriorTracker, latent_grid
 from lagvae.training import checkpoint
 from lagvae.training.lr_rule import PlateauHalving
-from lagvae.training.run_folder import BEST, DATA_STATS, LAST, METRICS, POSTERIOR_NPZ, POSTERIOR_PNG, VOCAB, RunFolder
+from lagvae.training.run_folder import (
+    BEST,
+    CONFIG,
+    DATA_STATS,
+    LAST,
+    METRICS,
+    POSTERIOR_NPZ,
+    POSTERIOR_PNG,
+    VOCAB,
+    RunFolder,
+)
 from lagvae.training.runtime import resolve_device, setup_runtime
-from lagvae.training.schedules import SCHEDULES, kl_weight
-from lagvae.training.strategies import AggressiveStrategy, JointStrategy, SemiAmortizedStrategy, plain_kl
+from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES, kl_weight
+from lagvae.training.strategies import (
+    STRATEGIES,
+    AggressiveStrategy,
+    JointStrategy,
+    SemiAmortizedStrategy,
+    plain_kl,
+)
 
+KL_TERMS = ("plain", "free-bits")
+# Settings a resumed run may change; anything else must match the run folder's config.json.
+RESUMABLE = ("train.epochs", "threads", "progress", "device")
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one syncs with the device)
 
 
@@ -39,25 +57,41 @@ class NonFiniteLossError(LagvaeError):
 
 def validate(config: RunConfig) -> None:
     """Reject settings no run can use, with one-line messages."""
-    t = config.train
-    if t.epochs <= 0:
-        raise ConfigError(f"epochs must be positive, got {t.epochs}")
-    if t.batch_size <= 0:
-        raise ConfigError(f"batch_size must be positive, got {t.batch_size}")
-    if t.lr <= 0:
-        raise ConfigError(f"lr must be positive, got {t.lr}")
-    if t.optimizer not in ("sgd", "adam"):
-        raise ConfigError(f"unknown optimizer {t.optimizer!r}; choose sgd or adam")
-    if t.strategy not in ("joint", "aggressive", "savae"):
-        raise ConfigError(f"unknown strategy {t.strategy!r}; choose joint, aggressive or savae")
-    if t.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {t.schedule!r}; choose from {', '.join(SCHEDULES)}")
-    if t.kl_term not in KL_TERMS:
-        raise ConfigError(f"unknown kl_term {t.kl_term!r}; choose from {', '.join(KL_TERMS)}")
-    if config.model.latent_dim < 0:
-        raise ConfigError("model.latent_dim must be >= 0 (0 is a latent-free language model)")
-    if config.eval.iw_samples < 0:
-        raise ConfigError("eval.iw_samples must be >= 0")
+    t, d, e = config.train, config.data, config.eval
+    positive = {
+        "train.epochs": t.epochs,
+        "train.batch_size": t.batch_size,
+        "train.lr": t.lr,
+        "train.agg_window": t.agg_window,
+        "train.agg_max_inner": t.agg_max_inner,
+        "train.n_cycles": t.n_cycles,
+        "eval.iw_chunk": e.iw_chunk,
+        "eval.posterior_grid": e.posterior_grid,
+        "eval.posterior_range": e.posterior_range,
+    }
+    if d.name == "synthetic":
+        positive.update({"data.n_train": d.n_train, "data.n_val": d.n_val, "data.n_test": d.n_test})
+        positive.update({"data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size})
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    non_negative = {"model.latent_dim": config.model.latent_dim, "eval.iw_samples": e.iw_samples}
+    non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
+    for key, value in non_negative.items():
+        if not value >= 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    choices = {
+        "train.optimizer": (t.optimizer, ("sgd", "adam")),
+        "train.strategy": (t.strategy, tuple(STRATEGIES)),
+        "train.schedule": (t.schedule, SCHEDULES),
+        "train.kl_term": (t.kl_term, KL_TERMS),
+        "train.cycle_shape": (t.cycle_shape, CYCLE_SHAPES),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"unknown {key} {value!r}; choose from {', '.join(allowed)}")
+    if not 0 < t.cycle_ratio <= 1:
+        raise ConfigError(f"train.cycle_ratio must be in (0, 1], got {t.cycle_ratio}")
 
 
 def make_optimizer(params: Any, config: RunConfig, lr: float) -> torch.optim.Optimizer:
@@ -73,9 +107,6 @@ def set_lr(strategy: JointStrategy, lr: float) -> None:
             group["lr"] = lr
 
 
-KL_TERMS = ("plain", "free-bits")
-
-
 def build_strategy(config: RunConfig, model: VAE, sample_batch: Callable[[], Tensor]) -> JointStrategy:
     t = config.train
     enc = make_optimizer(model.encoder.parameters(), config, t.lr)
@@ -89,7 +120,7 @@ def build_strategy(config: RunConfig, model: VAE, sample_batch: Callable[[], Ten
         return SemiAmortizedStrategy(
             model, enc, dec, t.clip_grad, t.svi_steps, t.svi_lr, t.svi_momentum, kl_term=kl_term
         )
-    return JointStrategy(model, enc, dec, t.clip_grad, kl_term)
+    return STRATEGIES[t.strategy](model, enc, dec, t.clip_grad, kl_term)
 
 
 @dataclass
@@ -156,6 +187,7 @@ class Trainer:
                 "lr_rule": self.lr_rule.state_dict(),
                 "state": vars(self.state),
                 "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "data_rng": self.generator.get_state(),
             },
             self.folder.file(LAST),
@@ -167,21 +199,31 @@ class Trainer:
         if not path.exists():
             raise ConfigError(f"nothing to resume: {path} does not exist")
         ckpt = checkpoint.load(path, self.device)
-        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError:
+            raise ConfigError(f"{path} does not fit this model; was the run trained with other sizes?") from None
         for opt, opt_state in zip(self.strategy.optimizers(), ckpt["optimizers"], strict=True):
             opt.load_state_dict(opt_state)
         self.strategy.load_state_dict(ckpt["strategy"])
         self.lr_rule.load_state_dict(ckpt["lr_rule"])
         self.state = TrainState(**ckpt["state"])
         torch.set_rng_state(ckpt["rng"].cpu())
+        if ckpt["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([state.cpu() for state in ckpt["cuda_rng"]])
         self.generator.set_state(ckpt["data_rng"].cpu())
+        # A crash after an epoch's records but before last.pt would otherwise leave them twice.
+        self.folder.file(METRICS).unlink(missing_ok=True)
+        for record in self.state.history:
+            self.folder.append_metrics(record)
         npz = self.folder.file(POSTERIOR_NPZ)
         if self.tracker is not None and npz.exists():
             saved = np.load(npz)
-            self.tracker.steps = saved["step"].tolist()
-            self.tracker.epochs = saved["epoch"].tolist()
-            self.tracker.true_means = list(saved["true_mean"])
-            self.tracker.encoder_means = list(saved["encoder_mean"])
+            keep = saved["step"] <= self.state.step
+            self.tracker.steps = saved["step"][keep].tolist()
+            self.tracker.epochs = saved["epoch"][keep].tolist()
+            self.tracker.true_means = list(saved["true_mean"][keep])
+            self.tracker.encoder_means = list(saved["encoder_mean"][keep])
 
     def _load_best(self) -> None:
         self.model.load_state_dict(checkpoint.load(self.folder.file(BEST), self.device)["model"])
@@ -262,6 +304,10 @@ class Trainer:
             train = self._train_epoch(epoch)
             start = time.perf_counter()
             val = evaluate(self.model, _on(self.device, val_batches))
+            if not np.isfinite(val["elbo"]):
+                raise NonFiniteLossError(
+                    f"non-finite validation ELBO after epoch {epoch}; last good checkpoint kept in {self.folder.path}"
+                )
             self.strategy.end_epoch(val)
             decision = self.lr_rule.update(epoch, -val["elbo"])
             st.train_seconds += train["seconds"] + time.perf_counter() - start
@@ -284,6 +330,8 @@ class Trainer:
             if decision.decay:
                 self._load_best()
                 set_lr(self.strategy, self.lr_rule.lr)
+                for opt in self.strategy.optimizers():
+                    opt.state.clear()  # momentum or Adam moments belong to the weights just discarded
             st.epoch += 1
             if epoch < cfg.eval.snapshot_epochs:
                 self._snapshot(epoch)
@@ -311,7 +359,12 @@ class Trainer:
 def train_and_evaluate(
     config: RunConfig, out_dir: Path | str, *, resume: bool = False, bar_position: int = 0
 ) -> dict[str, Any]:
-    """Train `config` into `out_dir` (resuming from its last.pt when asked), then test the best model."""
+    """Train `config` into `out_dir` (resuming from its last.pt when asked), then test the best model.
+
+    On resume the run folder's config.json is the truth: only the fields in RESUMABLE may differ.
+    """
+    if resume:
+        config = _resumed_config(config, RunFolder(out_dir))
     trainer = Trainer(config, out_dir, bar_position=bar_position)
     if resume:
         trainer.resume()
@@ -319,12 +372,40 @@ def train_and_evaluate(
     return trainer.test()
 
 
-def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str, Any]:
-    """Recompute final.json of a finished run from its best checkpoint."""
+def _resumed_config(requested: RunConfig, folder: RunFolder) -> RunConfig:
+    saved_path = folder.file(CONFIG)
+    if not saved_path.exists():
+        raise ConfigError(f"nothing to resume: {saved_path} does not exist")
+    saved = load_json(saved_path)
+    flat_saved, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
+    changed = [k for k in flat_new if flat_new[k] != flat_saved.get(k) and k not in RESUMABLE]
+    if changed:
+        raise ConfigError(
+            f"--resume continues the run in {folder.path} as it was configured; these differ: {', '.join(changed)}"
+            f" (only {', '.join(RESUMABLE)} may change)"
+        )
+    for key in RESUMABLE:
+        apply_override(saved, f"{key}={flat_new[key]}")
+    return saved
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def _open_run(run_dir: Path | str) -> tuple[RunFolder, RunConfig]:
     folder = RunFolder(run_dir)
     if not folder.file(BEST).exists():
         raise ConfigError(f"{folder.path} has no {BEST}; is it a lagvae run folder?")
-    config = load_json(folder.file("config.json"))
+    return folder, load_json(folder.file(CONFIG))
+
+
+def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str, Any]:
+    """Recompute final.json of a finished run from its best checkpoint."""
+    folder, config = _open_run(run_dir)
     if iw_samples is not None:
         config.eval.iw_samples = iw_samples
     trainer = Trainer(config, run_dir, vocab=Vocab.load(folder.file(VOCAB)))
@@ -339,15 +420,11 @@ def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str
 
 def load_trained(run_dir: Path | str, device: str = "auto") -> tuple[RunConfig, VAE, Vocab]:
     """The best-validation model of a run folder, ready for generation (on the GPU when there is one)."""
-    folder = RunFolder(run_dir)
-    if not folder.file(BEST).exists():
-        raise ConfigError(f"{folder.path} has no {BEST}; is it a lagvae run folder?")
-    config = load_json(folder.file("config.json"))
+    folder, config = _open_run(run_dir)
     vocab = Vocab.load(folder.file(VOCAB))
     target = resolve_device(device)
     model = build_model(config.model, len(vocab)).to(target)
     model.load_state_dict(checkpoint.load(folder.file(BEST), target)["model"])
     if config.train.strategy == "savae":
-        t = config.train
-        model.refine = partial(svi_refine, steps=t.svi_steps, lr=t.svi_lr, momentum=t.svi_momentum)
+        build_strategy(config, model, sample_batch=lambda: torch.empty(0))  # sets the SVI refinement hook
     return config, model.eval(), vocab

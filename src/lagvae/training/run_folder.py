@@ -47,6 +47,3 @@ class RunFolder:
 
     def write_final(self, results: dict[str, Any]) -> None:
         save_json_atomic(results, self.file(FINAL))
-
-    def read_final(self) -> dict[str, Any]:
-        return json.loads(self.file(FINAL).read_text())

@@ -32,11 +32,12 @@ def cyclical(step: int, period: float, ratio: float = 0.5, floor: float = 0.0, s
         lo, hi = 1 / (1 + math.exp(6)), 1 / (1 + math.exp(-6))
         ramp = (1 / (1 + math.exp(-12 * u + 6)) - lo) / (hi - lo)
     else:
-        raise ConfigError(f"unknown cycle shape {shape!r}; choose linear, cosine or sigmoid")
+        raise ConfigError(f"unknown cycle shape {shape!r}; choose from {', '.join(CYCLE_SHAPES)}")
     return floor + (1.0 - floor) * ramp
 
 
 SCHEDULES = ("linear", "constant", "cyclical")
+CYCLE_SHAPES = ("linear", "cosine", "sigmoid")
 
 
 def kl_weight(step: int, train: TrainConfig, iters_per_epoch: int) -> float:
