@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 
 from lagvae.data.text import TextBatches
 from lagvae.experiments.presets import make_config
@@ -17,15 +19,21 @@ from lagvae.metrics import iw_log_likelihood
 from lagvae.training.loop import Trainer
 
 
-def _trainer(method: str, tmp: str) -> Trainer:
+def _trainer(method: str, tmp: str, threads: int) -> Trainer:
     config = make_config("synthetic", method, overrides=["eval.posterior_points=0"])
     config.progress = False
+    config.threads = threads
     return Trainer(config, f"{tmp}/{method}")
+
+
+def _forever(batches: TextBatches) -> Iterator[Tensor]:
+    while True:
+        yield from batches
 
 
 def steps_per_second(trainer: Trainer, seconds: float) -> tuple[float, float]:
     """Outer steps/s and mean inner steps over `seconds` of training from initialisation."""
-    batches = iter(trainer.train_batches)
+    batches = _forever(trainer.train_batches)
     steps, inner = 0, 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -59,11 +67,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     base = None
     for threads in args.threads:
-        torch.set_num_threads(threads)
         torch.manual_seed(0)
-        joint, _ = steps_per_second(_trainer("vae", args.tmp), args.seconds)
-        torch.set_num_threads(threads)
-        aggressive = _trainer("aggressive", args.tmp)
+        joint, _ = steps_per_second(_trainer("vae", args.tmp, threads), args.seconds)
+        aggressive = _trainer("aggressive", args.tmp, threads)
         outer, inner = steps_per_second(aggressive, args.seconds)
         iw = iw_examples_per_second(aggressive, 500, args.seconds)
         base = base or joint

@@ -36,8 +36,7 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
                 ax.set_title(f"iter {data['step'][i]} (epoch {data['epoch'][i]})", fontsize=9)
             if col == 0:
                 ax.set_ylabel(f"encoder mean, z{d + 1}" if dims > 1 else "encoder mean")
-            if d == dims - 1:
-                ax.set_xlabel(f"true posterior mean, z{d + 1}" if dims > 1 else "true posterior mean")
+            ax.set_xlabel(f"true posterior mean, z{d + 1}" if dims > 1 else "true posterior mean", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

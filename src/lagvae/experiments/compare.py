@@ -20,6 +20,7 @@ from lagvae.training.run_folder import FINAL, RunFolder
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
 PARAMETER = {"beta": "train.beta", "free-bits": "train.free_bits", "savae": "train.svi_steps"}
 METRICS = ("nll", "kl", "mi", "au")
+SLOW_FIRST = {"savae": 0, "aggressive": 1}
 
 
 @dataclass
@@ -100,6 +101,8 @@ def run_grid(
             results[(spec.label, spec.seed)] = {"ok": True, **json.loads(final.read_text())}
         else:
             todo.append(spec)
+    # Slow strategies first, so parallel workers finish together instead of one running alone at the end.
+    todo.sort(key=lambda spec: SLOW_FIRST.get(METHODS[spec.method].get("train.strategy", "joint"), 2))
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         for spec, result in zip(todo, pool.map(_attempt, todo), strict=True):
             results[(spec.label, spec.seed)] = result

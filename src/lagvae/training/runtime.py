@@ -8,9 +8,7 @@ import torch
 
 from lagvae.config import ConfigError, RunConfig
 
-# Measured on a 2-core machine (docs/BENCHMARKS.md): below this decoder width, per-op thread start-up
-# costs more than the parallel matmul saves, and 1 thread is several times faster than 2.
-SMALL_MODEL_HIDDEN = 256
+MAX_AUTO_THREADS = 8
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,12 +26,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def choose_threads(config: RunConfig, device: torch.device) -> int:
-    """config.threads when set; otherwise 1 for small models or GPU runs, else all cores (at most 8)."""
+    """config.threads when set; 1 on GPU; otherwise every core (at most 8).
+
+    One run alone on the 2-core machine is faster on 2 threads even for the tiny synthetic model
+    (docs/BENCHMARKS.md: 1.08x joint steps, 1.46x aggressive inner steps). Several runs at once must not
+    each take every core: oversubscribed threads spin against each other, so `demo` and `compare`
+    give each of their parallel runs one thread.
+    """
     if config.threads > 0:
         return config.threads
-    if device.type != "cpu" or config.model.dec_hidden < SMALL_MODEL_HIDDEN:
+    if device.type != "cpu":
         return 1
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
 
 
 def setup_runtime(config: RunConfig) -> torch.device:
