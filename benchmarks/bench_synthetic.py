@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from lagvae.data.text import TextBatches
+from lagvae.data import BatchSource
 from lagvae.experiments.presets import make_config
 from lagvae.metrics import iw_log_likelihood
 from lagvae.training.loop import Trainer
@@ -26,7 +26,7 @@ def _trainer(method: str, tmp: str, threads: int) -> Trainer:
     return Trainer(config, f"{tmp}/{method}")
 
 
-def _forever(batches: TextBatches) -> Iterator[Tensor]:
+def _forever(batches: BatchSource) -> Iterator[Tensor]:
     while True:
         yield from batches
 
@@ -43,7 +43,7 @@ def steps_per_second(trainer: Trainer, seconds: float) -> tuple[float, float]:
 
 
 def iw_examples_per_second(trainer: Trainer, k: int, seconds: float) -> float:
-    batches = TextBatches(trainer.splits.test, trainer.config.train.batch_size, shuffle=False)
+    batches = trainer.splits.test.batches(trainer.config.train.batch_size, shuffle=False)
     trainer.model.eval()
     n = 0
     start = time.perf_counter()

@@ -170,6 +170,8 @@ def _generate(args: argparse.Namespace) -> None:
 
     torch.manual_seed(args.seed)
     config, model, vocab = load_trained(args.run)
+    if vocab is None:
+        raise LagvaeError(f"{args.run} is not a text run; image generation is not available yet")
     device = next(model.parameters()).device
 
     def encode(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
 from lagvae.config import ConfigError, DataConfig
 from lagvae.data.corpus import default_data_root, encode_corpus, ptb_lines, user_corpus_lines, yelp_lines
@@ -14,14 +16,31 @@ from lagvae.data.synthetic import generate_synthetic
 from lagvae.data.text import BOS_ID, EOS_ID, SPECIALS, TextSet, Vocab
 
 
+class BatchSource(Protocol):
+    """Minibatches of one split: iterate for an epoch; `sample()` gives a random one (aggressive inner loop)."""
+
+    def __iter__(self) -> Iterator[Tensor]: ...
+    def __len__(self) -> int: ...
+    def sample(self) -> Tensor: ...
+
+
+class Dataset(Protocol):
+    """One split of any modality; the training loop sees only this."""
+
+    def __len__(self) -> int: ...
+    def head(self, n: int) -> Dataset: ...
+    def first(self, n: int) -> Tensor: ...
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> BatchSource: ...
+
+
 @dataclass
 class Splits:
-    """The three splits of one corpus and its vocabulary."""
+    """The three splits of one corpus, and its vocabulary when it is text."""
 
-    train: TextSet
-    val: TextSet
-    test: TextSet
-    vocab: Vocab
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    vocab: Vocab | None
     stats: dict[str, Any] = field(default_factory=dict)  # what loading skipped, truncated or dropped
 
 

@@ -75,6 +75,14 @@ class TextSet:
     def head(self, n: int) -> TextSet:
         return TextSet(self.tokens[:n], self.lengths[:n])
 
+    def first(self, n: int) -> Tensor:
+        """The first n sentences as one padded batch tensor."""
+        part = self.head(n)
+        return part.tokens[:, : int(part.lengths.max())]
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> TextBatches:
+        return TextBatches(self, batch_size, shuffle=shuffle, generator=generator)
+
 
 class TextBatches:
     """Minibatches of similar-length sentences, trimmed to their longest member.

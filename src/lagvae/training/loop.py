@@ -15,8 +15,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lagvae.config import ConfigError, LagvaeError, RunConfig, apply_override, load_json, to_dict
-from lagvae.data import Splits, build_data
-from lagvae.data.text import TextBatches, TextSet, Vocab
+from lagvae.data import BatchSource, Dataset, Splits, build_data
+from lagvae.data.text import Vocab
 from lagvae.metrics import evaluate
 from lagvae.models import VAE, build_model
 from lagvae.objectives import free_bits_kl
@@ -135,11 +135,11 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _eval_batches(data: TextSet, config: RunConfig) -> TextBatches:
-    return TextBatches(data, config.eval.batch_size or config.train.batch_size, shuffle=False)
+def _eval_batches(data: Dataset, config: RunConfig) -> BatchSource:
+    return data.batches(config.eval.batch_size or config.train.batch_size, shuffle=False)
 
 
-def _on(device: torch.device, batches: TextBatches) -> Any:
+def _on(device: torch.device, batches: BatchSource) -> Any:
     return (x.to(device, non_blocking=True) for x in batches)
 
 
@@ -156,11 +156,10 @@ class Trainer:
         self.device = setup_runtime(config)
         torch.manual_seed(config.train.seed)
         self.splits: Splits = build_data(config.data, vocab)
-        self.model = build_model(config.model, len(self.splits.vocab)).to(self.device)
+        vocab_size = len(self.splits.vocab) if self.splits.vocab is not None else 0
+        self.model = build_model(config.model, vocab_size).to(self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
-        self.train_batches = TextBatches(
-            self.splits.train, config.train.batch_size, shuffle=True, generator=self.generator
-        )
+        self.train_batches = self.splits.train.batches(config.train.batch_size, shuffle=True, generator=self.generator)
         self.strategy = build_strategy(config, self.model, lambda: self.train_batches.sample().to(self.device))
         t = config.train
         self.lr_rule = PlateauHalving(t.lr, t.lr_decay, t.lr_patience, t.lr_decay_min_epoch, t.max_decays)
@@ -172,8 +171,7 @@ class Trainer:
         e = self.config.eval
         if e.posterior_points <= 0 or not 1 <= self.config.model.latent_dim <= 2:
             return None
-        x = self.splits.val.head(e.posterior_points)
-        x = x.tokens[:, : int(x.lengths.max())].to(self.device)
+        x = self.splits.val.first(e.posterior_points).to(self.device)
         return PosteriorTracker(x, latent_grid(self.config.model.latent_dim, e.posterior_grid, e.posterior_range))
 
     # ---- checkpoints -------------------------------------------------------------------------------------
@@ -291,7 +289,8 @@ class Trainer:
         if st.step == 0:
             self.folder.file(METRICS).unlink(missing_ok=True)  # a fresh run replaces an old log
         self.folder.write_config(cfg)
-        self.splits.vocab.save(self.folder.file(VOCAB))
+        if self.splits.vocab is not None:
+            self.splits.vocab.save(self.folder.file(VOCAB))
         if self.splits.stats:
             checkpoint.save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
         if st.step == 0:
@@ -396,6 +395,10 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _saved_vocab(folder: RunFolder) -> Vocab | None:
+    return Vocab.load(folder.file(VOCAB)) if folder.file(VOCAB).exists() else None
+
+
 def _open_run(run_dir: Path | str) -> tuple[RunFolder, RunConfig]:
     folder = RunFolder(run_dir)
     if not folder.file(BEST).exists():
@@ -408,7 +411,7 @@ def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str
     folder, config = _open_run(run_dir)
     if iw_samples is not None:
         config.eval.iw_samples = iw_samples
-    trainer = Trainer(config, run_dir, vocab=Vocab.load(folder.file(VOCAB)))
+    trainer = Trainer(config, run_dir, vocab=_saved_vocab(folder))
     history = folder.read_metrics()
     trainer.state = TrainState(
         train_seconds=history[-1]["train_seconds"] if history else 0.0,
@@ -418,12 +421,12 @@ def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str
     return trainer.test()
 
 
-def load_trained(run_dir: Path | str, device: str = "auto") -> tuple[RunConfig, VAE, Vocab]:
+def load_trained(run_dir: Path | str, device: str = "auto") -> tuple[RunConfig, VAE, Vocab | None]:
     """The best-validation model of a run folder, ready for generation (on the GPU when there is one)."""
     folder, config = _open_run(run_dir)
-    vocab = Vocab.load(folder.file(VOCAB))
+    vocab = _saved_vocab(folder)
     target = resolve_device(device)
-    model = build_model(config.model, len(vocab)).to(target)
+    model = build_model(config.model, len(vocab) if vocab is not None else 0).to(target)
     model.load_state_dict(checkpoint.load(folder.file(BEST), target)["model"])
     if config.train.strategy == "savae":
         build_strategy(config, model, sample_batch=lambda: torch.empty(0))  # sets the SVI refinement hook
