@@ -37,13 +37,7 @@ from lagvae.training.run_folder import (
 )
 from lagvae.training.runtime import resolve_device, setup_runtime
 from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES, kl_weight
-from lagvae.training.strategies import (
-    STRATEGIES,
-    AggressiveStrategy,
-    JointStrategy,
-    SemiAmortizedStrategy,
-    plain_kl,
-)
+from lagvae.training.strategies import STRATEGIES, JointStrategy, plain_kl
 
 KL_TERMS = ("plain", "free-bits")
 # Settings a resumed run may change; anything else must match the run folder's config.json.
@@ -112,15 +106,7 @@ def build_strategy(config: RunConfig, model: VAE, sample_batch: Callable[[], Ten
     enc = make_optimizer(model.encoder.parameters(), config, t.lr)
     dec = make_optimizer(model.decoder.parameters(), config, t.lr)
     kl_term = partial(free_bits_kl, target=t.free_bits) if t.kl_term == "free-bits" else plain_kl
-    if t.strategy == "aggressive":
-        return AggressiveStrategy(
-            model, enc, dec, t.clip_grad, sample_batch, t.agg_window, t.agg_max_inner, kl_term=kl_term
-        )
-    if t.strategy == "savae":
-        return SemiAmortizedStrategy(
-            model, enc, dec, t.clip_grad, t.svi_steps, t.svi_lr, t.svi_momentum, kl_term=kl_term
-        )
-    return STRATEGIES[t.strategy](model, enc, dec, t.clip_grad, kl_term)
+    return STRATEGIES[t.strategy].from_config(t, model, enc, dec, kl_term, sample_batch)
 
 
 @dataclass

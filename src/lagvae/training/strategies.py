@@ -9,6 +9,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from lagvae.config import TrainConfig
 from lagvae.inference import svi_refine
 from lagvae.models.vae import VAE
 from lagvae.objectives import elbo
@@ -68,6 +69,19 @@ class JointStrategy:
         self.dec_opt = dec_opt
         self.clip_grad = clip_grad
         self.kl_term = kl_term
+
+    @classmethod
+    def from_config(
+        cls,
+        t: TrainConfig,
+        model: VAE,
+        enc_opt: torch.optim.Optimizer,
+        dec_opt: torch.optim.Optimizer,
+        kl_term: KLTerm,
+        sample_batch: Callable[[], Tensor],
+    ) -> JointStrategy:
+        """The strategy `t` describes; each subclass reads its own fields."""
+        return cls(model, enc_opt, dec_opt, t.clip_grad, kl_term)
 
     def _combine(self, rec: Tensor, kl_per_dim: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor]:
         """(per-example loss -ELBO_beta with the strategy's KL term, rec, the plain KL that is reported)."""
@@ -150,6 +164,18 @@ class AggressiveStrategy(JointStrategy):
         self.aggressive = True
         self.previous_mi: float | None = None
 
+    @classmethod
+    def from_config(
+        cls,
+        t: TrainConfig,
+        model: VAE,
+        enc_opt: torch.optim.Optimizer,
+        dec_opt: torch.optim.Optimizer,
+        kl_term: KLTerm,
+        sample_batch: Callable[[], Tensor],
+    ) -> JointStrategy:
+        return cls(model, enc_opt, dec_opt, t.clip_grad, sample_batch, t.agg_window, t.agg_max_inner, kl_term)
+
     def step(self, x: Tensor, kl_weight: float) -> StepStats:
         if not self.aggressive:
             return self._joint_step(x, kl_weight)
@@ -201,6 +227,18 @@ class SemiAmortizedStrategy(JointStrategy):
         super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term)
         self.svi = {"steps": svi_steps, "lr": svi_lr, "momentum": svi_momentum}
         model.refine = partial(svi_refine, **self.svi)
+
+    @classmethod
+    def from_config(
+        cls,
+        t: TrainConfig,
+        model: VAE,
+        enc_opt: torch.optim.Optimizer,
+        dec_opt: torch.optim.Optimizer,
+        kl_term: KLTerm,
+        sample_batch: Callable[[], Tensor],
+    ) -> JointStrategy:
+        return cls(model, enc_opt, dec_opt, t.clip_grad, t.svi_steps, t.svi_lr, t.svi_momentum, kl_term)
 
     def step(self, x: Tensor, kl_weight: float) -> StepStats:
         model = self.model
