@@ -126,11 +126,9 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys):
     assert (out / "savae" / "seed1" / "error.txt").exists()
 
 
-def test_demo_prints_the_table(tmp_path, monkeypatch, capsys):
-    import lagvae.experiments.demo as demo
-
-    monkeypatch.setattr(demo, "DEMO_OVERRIDES", ["data.n_train=48", "data.n_val=32", "data.n_test=16"])
-    assert main(["demo", "--epochs", "1", "--iw-samples", "4", "--out", str(tmp_path)]) == 0
+def test_demo_prints_the_table(tmp_path, capsys):
+    tiny = ["--set", "data.n_train=48", "--set", "data.n_val=32", "--set", "data.n_test=16"]
+    assert main(["demo", "--epochs", "1", "--iw-samples", "4", "--out", str(tmp_path), *tiny]) == 0
     out = capsys.readouterr().out
     assert "| vae |" in out and "| aggressive |" in out and "posterior_mean.png" in out
     assert out.count("shown] ") == 3  # each predicted outcome is reported as shown or NOT shown

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--iw-samples", type=_positive_int, default=100, help="K at test (the reference used 100)")
     demo.add_argument("--train-limit", type=_positive_int, default=6000, help="training sentences (16000 = all)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -206,7 +207,7 @@ def _demo(args: argparse.Namespace) -> None:
     from lagvae.experiments.report import results_table
     from lagvae.training.run_folder import POSTERIOR_PNG
 
-    results = run_demo(args.out, args.epochs, args.seed, args.iw_samples, args.train_limit)
+    results = run_demo(args.out, args.epochs, args.seed, args.iw_samples, args.train_limit, args.overrides)
     print(
         f"\nsynthetic preset, {args.train_limit} training sentences, {args.epochs} epochs, seed {args.seed}, "
         f"test IW-NLL with K={args.iw_samples}\n"

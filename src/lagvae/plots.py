@@ -56,7 +56,8 @@ def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...
             ax.plot([rec["epoch"] for rec in runs[0][:length]], values, marker=".", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {key.upper()}")
-    axes[0][0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import statistics
 import traceback
 from collections.abc import Sequence
@@ -103,7 +104,8 @@ def run_grid(
             todo.append(spec)
     # Slow strategies first, so parallel workers finish together instead of one running alone at the end.
     todo.sort(key=lambda spec: SLOW_FIRST.get(METHODS[spec.method].get("train.strategy", "joint"), 2))
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+    # spawn, not fork: a forked child cannot use CUDA once the parent has touched it
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         for spec, result in zip(todo, pool.map(_attempt, todo), strict=True):
             results[(spec.label, spec.seed)] = result
             status = "done" if result["ok"] else f"FAILED ({result['error']})"

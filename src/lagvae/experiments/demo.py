@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,20 +13,31 @@ from lagvae.experiments.presets import make_config
 from lagvae.training.loop import train_and_evaluate
 
 DEMO_METHODS = ("vae", "aggressive")
-DEMO_OVERRIDES: list[str] = []  # extra key=value overrides (tests shrink the data with these)
 
 
 def _run(
-    method: str, out: Path, epochs: int, seed: int, iw_samples: int, train_limit: int | None, position: int
+    method: str,
+    out: Path,
+    epochs: int,
+    seed: int,
+    iw_samples: int,
+    train_limit: int | None,
+    overrides: Sequence[str],
+    position: int,
 ) -> dict[str, Any]:
-    overrides = [f"eval.iw_samples={iw_samples}", *DEMO_OVERRIDES]
+    overrides = [f"eval.iw_samples={iw_samples}", *overrides]
     config = make_config("synthetic", method, epochs=epochs, seed=seed, train_limit=train_limit, overrides=overrides)
     config.threads = 1  # two runs share the cores; one thread each avoids oversubscription
     return train_and_evaluate(config, out / method, bar_position=position)
 
 
 def run_demo(
-    out: Path, epochs: int = 5, seed: int = 783435, iw_samples: int = 100, train_limit: int | None = 6000
+    out: Path,
+    epochs: int = 5,
+    seed: int = 783435,
+    iw_samples: int = 100,
+    train_limit: int | None = 6000,
+    overrides: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """Train each of DEMO_METHODS into out/<method>, in parallel processes when there are cores for it.
 
@@ -33,9 +46,10 @@ def run_demo(
     keeps rising), so the demo trains on the first 6,000 (`train_limit=None` for all of them).
     """
     workers = min(len(DEMO_METHODS), os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
-            m: pool.submit(_run, m, out, epochs, seed, iw_samples, train_limit, i) for i, m in enumerate(DEMO_METHODS)
+            m: pool.submit(_run, m, out, epochs, seed, iw_samples, train_limit, tuple(overrides), i)
+            for i, m in enumerate(DEMO_METHODS)
         }
         return {m: f.result() for m, f in futures.items()}
 
