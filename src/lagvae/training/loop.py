@@ -76,6 +76,7 @@ def validate(config: RunConfig) -> None:
         if not value > 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     non_negative = {"model.latent_dim": config.model.latent_dim, "eval.iw_samples": e.iw_samples}
+    non_negative |= {"train.agg_mi_patience": t.agg_mi_patience}
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
     for key, value in non_negative.items():
         if not value >= 0:
@@ -114,7 +115,15 @@ def build_strategy(config: RunConfig, model: VAE, sample_batch: Callable[[], Ten
     kl_term = partial(free_bits_kl, target=t.free_bits) if t.kl_term == "free-bits" else plain_kl
     if t.strategy == "aggressive":
         return AggressiveStrategy(
-            model, enc, dec, t.clip_grad, sample_batch, t.agg_window, t.agg_max_inner, kl_term=kl_term
+            model,
+            enc,
+            dec,
+            t.clip_grad,
+            sample_batch,
+            t.agg_window,
+            t.agg_max_inner,
+            kl_term=kl_term,
+            mi_patience=t.agg_mi_patience,
         )
     if t.strategy == "savae":
         return SemiAmortizedStrategy(
