@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -406,6 +407,15 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _saved_vocab(folder: RunFolder) -> Vocab | None:
     return Vocab.load(folder.file(VOCAB)) if folder.file(VOCAB).exists() else None
+
+
+def saved_image_shape(run_dir: Path | str) -> tuple[int, int] | None:
+    """The (height, width) an image run was trained on (from data_stats.json), None for text runs."""
+    path = RunFolder(run_dir).file(DATA_STATS)
+    if not path.exists():
+        return None
+    shape = json.loads(path.read_text()).get("image_shape")
+    return (int(shape[0]), int(shape[1])) if shape else None
 
 
 def _open_run(run_dir: Path | str) -> tuple[RunFolder, RunConfig]:
