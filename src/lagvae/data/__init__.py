@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from lagvae.config import ConfigError, DataConfig
 from lagvae.data.corpus import default_data_root, encode_corpus, ptb_lines, user_corpus_lines, yelp_lines
+from lagvae.data.images import ImageSplits, fashion_mnist_images, omniglot_images, to_sets, user_images
 from lagvae.data.synthetic import generate_synthetic
 from lagvae.data.text import BOS_ID, EOS_ID, SPECIALS, TextSet, Vocab
 
@@ -41,7 +42,7 @@ class Splits:
     val: Dataset
     test: Dataset
     vocab: Vocab | None
-    stats: dict[str, Any] = field(default_factory=dict)  # what loading skipped, truncated or dropped
+    stats: dict[str, Any] = field(default_factory=dict)  # what loading skipped, truncated or dropped; image shape
 
 
 def synthetic_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
@@ -79,7 +80,26 @@ def text_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
     return _corpus_splits(user_corpus_lines(config), config, vocab)
 
 
-LOADERS = {"synthetic": synthetic_splits, "ptb": ptb_splits, "yelp": yelp_splits, "text": text_splits}
+def _image_splits(read: Callable[[DataConfig], ImageSplits]) -> Callable[[DataConfig, Vocab | None], Splits]:
+    """An image loader as a split builder: grey-level arrays -> dynamically binarised train, fixed val/test."""
+
+    def load(config: DataConfig, vocab: Vocab | None = None) -> Splits:
+        raw = read(config)
+        train, val, test = to_sets(raw, config.seed)
+        return Splits(train, val, test, None, raw.stats)
+
+    return load
+
+
+LOADERS = {
+    "synthetic": synthetic_splits,
+    "ptb": ptb_splits,
+    "yelp": yelp_splits,
+    "text": text_splits,
+    "omniglot": _image_splits(omniglot_images),
+    "fashion-mnist": _image_splits(fashion_mnist_images),
+    "images": _image_splits(user_images),
+}
 
 
 def build_data(config: DataConfig, vocab: Vocab | None = None) -> Splits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ def validate(config: RunConfig) -> None:
         if not value > 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     non_negative = {"model.latent_dim": config.model.latent_dim, "eval.iw_samples": e.iw_samples}
+    non_negative |= {"train.agg_mi_patience": t.agg_mi_patience}
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
     for key, value in non_negative.items():
         if not value >= 0:
@@ -383,6 +385,15 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _saved_vocab(folder: RunFolder) -> Vocab | None:
     return Vocab.load(folder.file(VOCAB)) if folder.file(VOCAB).exists() else None
+
+
+def saved_image_shape(run_dir: Path | str) -> tuple[int, int] | None:
+    """The (height, width) an image run was trained on (from data_stats.json), None for text runs."""
+    path = RunFolder(run_dir).file(DATA_STATS)
+    if not path.exists():
+        return None
+    shape = json.loads(path.read_text()).get("image_shape")
+    return (int(shape[0]), int(shape[1])) if shape else None
 
 
 def _open_run(run_dir: Path | str) -> tuple[RunFolder, RunConfig]:

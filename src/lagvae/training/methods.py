@@ -21,6 +21,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "savae-anneal": {"train.strategy": "savae", **_ANNEAL},
     # No latent: the decoder alone, whose "IW bound" is its exact likelihood (one sample suffices).
     "lm": {"train.strategy": "joint", "model.latent_dim": 0, "eval.iw_samples": 1},
+    # The image analogue of `lm`: an unconditional gated PixelCNN, its NLL exact.
+    "pixelcnn": {"train.strategy": "joint", "model.kind": "image", "model.latent_dim": 0, "eval.iw_samples": 1},
 }
 
 

@@ -143,7 +143,8 @@ class InnerLoopStop:
 class AggressiveStrategy(JointStrategy):
     """He et al. (2019), Algorithm 1: while aggressive, optimise the encoder alone on fresh minibatches until
     its loss stops falling, then make one decoder step on the current batch. At each epoch end, switch to
-    joint training for good once validation I_q falls below the previous epoch's.
+    joint training for good once validation I_q falls below the previous epoch's (`mi_patience` 0, the
+    text rule), or once `mi_patience` epochs in a row bring no new best I_q (the paper's OMNIGLOT rule, 5).
     """
 
     def __init__(
@@ -156,13 +157,17 @@ class AggressiveStrategy(JointStrategy):
         window: int = 15,
         max_inner: int = 100,
         kl_term: KLTerm = plain_kl,
+        mi_patience: int = 0,
     ) -> None:
         super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term)
         self.sample_batch = sample_batch
         self.window = window
         self.max_inner = max_inner
+        self.mi_patience = mi_patience
         self.aggressive = True
         self.previous_mi: float | None = None
+        self.best_mi: float | None = None
+        self.epochs_since_best = 0
 
     @classmethod
     def from_config(
@@ -174,7 +179,17 @@ class AggressiveStrategy(JointStrategy):
         kl_term: KLTerm,
         sample_batch: Callable[[], Tensor],
     ) -> JointStrategy:
-        return cls(model, enc_opt, dec_opt, t.clip_grad, sample_batch, t.agg_window, t.agg_max_inner, kl_term)
+        return cls(
+            model,
+            enc_opt,
+            dec_opt,
+            t.clip_grad,
+            sample_batch,
+            t.agg_window,
+            t.agg_max_inner,
+            kl_term,
+            mi_patience=t.agg_mi_patience,
+        )
 
     def step(self, x: Tensor, kl_weight: float) -> StepStats:
         if not self.aggressive:
@@ -193,16 +208,31 @@ class AggressiveStrategy(JointStrategy):
 
     def end_epoch(self, val: dict[str, float]) -> None:
         mi = val["mi"]
-        if self.aggressive and self.previous_mi is not None and mi < self.previous_mi:
-            self.aggressive = False
+        if self.best_mi is None or mi > self.best_mi:
+            self.best_mi, self.epochs_since_best = mi, 0
+        else:
+            self.epochs_since_best += 1
+        if self.aggressive:
+            if self.mi_patience > 0:
+                self.aggressive = self.epochs_since_best < self.mi_patience
+            elif self.previous_mi is not None and mi < self.previous_mi:
+                self.aggressive = False
         self.previous_mi = mi
 
     def state_dict(self) -> dict:
-        return {"aggressive": self.aggressive, "previous_mi": self.previous_mi}
+        return {
+            "aggressive": self.aggressive,
+            "previous_mi": self.previous_mi,
+            "best_mi": self.best_mi,
+            "epochs_since_best": self.epochs_since_best,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.aggressive = bool(state["aggressive"])
         self.previous_mi = state["previous_mi"]
+        # checkpoints written before the patience rule existed lack these
+        self.best_mi = state.get("best_mi")
+        self.epochs_since_best = int(state.get("epochs_since_best", 0))
 
 
 class SemiAmortizedStrategy(JointStrategy):
