@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lagvae.config import ConfigError, DataConfig
+from lagvae.data.batches import IndexBatches
 from lagvae.data.corpus import default_data_root
 
 OMNIGLOT_FILES = ("images_background.npz", "images_evaluation.npz")
@@ -51,41 +51,14 @@ def _binarise(probs: Tensor, generator: torch.Generator) -> Tensor:
     return torch.bernoulli(probs, generator=generator)
 
 
-class ImageBatches:
+class ImageBatches(IndexBatches):
     """Minibatches of one image split; a dynamic split draws fresh binary pixels from `generator` each time."""
 
-    def __init__(
-        self, data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
-    ) -> None:
-        self.data = data
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = generator or torch.Generator().manual_seed(0)
-        self._batches: list[Tensor] = []
-
-    def _cut(self) -> list[Tensor]:
-        n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        return list(order.split(self.batch_size))
-
-    def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
+    data: ImageSet
 
     def _gather(self, idx: Tensor) -> Tensor:
         x = self.data.images[idx]
         return _binarise(x, self.generator) if self.data.dynamic else x
-
-    def __iter__(self) -> Iterator[Tensor]:
-        self._batches = self._cut()
-        for idx in self._batches:
-            yield self._gather(idx)
-
-    def sample(self) -> Tensor:
-        """A random minibatch of the current epoch, freshly binarised (the aggressive inner loop's data)."""
-        if not self._batches:
-            self._batches = self._cut()
-        i = int(torch.randint(len(self._batches), (1,), generator=self.generator))
-        return self._gather(self._batches[i])
 
 
 @dataclass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from lagvae.data.batches import IndexBatches
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
@@ -84,25 +86,17 @@ class TextSet:
         return TextBatches(self, batch_size, shuffle=shuffle, generator=generator)
 
 
-class TextBatches:
+class TextBatches(IndexBatches):
     """Minibatches of similar-length sentences, trimmed to their longest member.
 
     Each epoch shuffles, then stably sorts by length and cuts consecutive runs, so most batches hold one
     length and padding (never counted in a loss; decoders mask <pad>) stays rare.
     """
 
-    def __init__(
-        self, data: TextSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
-    ) -> None:
-        self.data = data
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = generator or torch.Generator().manual_seed(0)
-        self._batches: list[Tensor] = []
+    data: TextSet
 
     def _cut(self) -> list[Tensor]:
-        n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = self._order()
         order = order[torch.sort(self.data.lengths[order], stable=True).indices]
         batches = list(order.split(self.batch_size))
         if self.shuffle:
@@ -110,20 +104,5 @@ class TextBatches:
             batches = [batches[i] for i in perm]
         return batches
 
-    def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
-
     def _gather(self, idx: Tensor) -> Tensor:
         return self.data.tokens[idx, : int(self.data.lengths[idx].max())]
-
-    def __iter__(self) -> Iterator[Tensor]:
-        self._batches = self._cut()
-        for idx in self._batches:
-            yield self._gather(idx)
-
-    def sample(self) -> Tensor:
-        """A random minibatch of the current epoch (the aggressive inner loop's fresh data)."""
-        if not self._batches:
-            self._batches = self._cut()
-        i = int(torch.randint(len(self._batches), (1,), generator=self.generator))
-        return self._gather(self._batches[i])
