@@ -140,6 +140,9 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys):
     assert "savae seed 0: FAILED" in printed
     assert "Failed runs" in (out / "compare.md").read_text()
     assert (out / "savae" / "seed1" / "error.txt").exists()
+    # report-only tabulates what is finished and trains nothing
+    assert main([*grid[:3], "vae,cyclical", *grid[4:], *tiny, "--report-only"]) == 0
+    assert not (out / "cyclical").exists() and "| cyclical | -" in (out / "compare.md").read_text()
 
 
 def test_demo_prints_the_table(tmp_path, capsys):

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--train-limit", type=_positive_int)
     cmp.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel (one CPU thread each)")
     cmp.add_argument("--out", type=Path, required=True)
+    cmp.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     def generation_flags(p: argparse.ArgumentParser) -> None:
@@ -167,6 +168,7 @@ def _compare(args: argparse.Namespace) -> None:
         train_limit=args.train_limit,
         overrides=args.overrides,
         jobs=args.jobs,
+        report_only=args.report_only,
     )
     print((args.out / "compare.md").read_text())
     failed = sum(not r["ok"] for r in results.values())

@@ -85,8 +85,12 @@ def run_grid(
     train_limit: int | None = None,
     overrides: Sequence[str] = (),
     jobs: int = 1,
+    report_only: bool = False,
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Train every (method, seed) not already finished under out/<method>/seed<seed>, then summarise."""
+    """Train every (method, seed) not already finished under out/<method>/seed<seed>, then summarise.
+
+    With `report_only`, nothing is trained: the summary covers the runs already finished.
+    """
     for label in methods:
         parse_method(label)  # fail fast on a typo, before hours of training
     specs = [
@@ -100,7 +104,7 @@ def run_grid(
         final = spec.out / FINAL
         if final.exists():
             results[(spec.label, spec.seed)] = {"ok": True, **json.loads(final.read_text())}
-        else:
+        elif not report_only:
             todo.append(spec)
     # Slow strategies first, so parallel workers finish together instead of one running alone at the end.
     todo.sort(key=lambda spec: SLOW_FIRST.get(METHODS[spec.method].get("train.strategy", "joint"), 2))
