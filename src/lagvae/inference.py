@@ -40,9 +40,11 @@ def svi_refine(
             z = (mu + (0.5 * logvar).exp() * eps).unsqueeze(1)
             elbo = model.log_prob(x, z).squeeze(1) - gaussian_kl(mu, logvar)
             g_mu, g_lv = torch.autograd.grad(elbo.sum(), (mu, logvar), create_graph=create_graph)
-            # per-example clipping keeps one badly conditioned x from taking a huge step
+            # Per-example clipping keeps one badly conditioned x from taking a huge step. The clip factor is
+            # a safeguard, not part of the objective, so it is not differentiated: its reciprocal's
+            # backward returned NaN on the synthetic preset (autograd anomaly mode, SA-VAE step 144).
             norm = torch.sqrt(g_mu.pow(2).sum(-1, keepdim=True) + g_lv.pow(2).sum(-1, keepdim=True))
-            scale = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+            scale = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0).detach()
             v_mu = momentum * v_mu + lr * scale * g_mu
             v_lv = momentum * v_lv + lr * scale * g_lv
             mu, logvar = mu + v_mu, logvar + v_lv
