@@ -249,8 +249,8 @@ class Trainer:
                 mean_loss = float(loss_sum) / count
                 if not np.isfinite(mean_loss):
                     raise NonFiniteLossError(
-                        f"non-finite training loss at step {st.step}; last good checkpoint kept in "
-                        f"{self.folder.path} (try a lower train.lr or train.clip_grad)"
+                        f"non-finite training loss at step {st.step}; checkpoints already saved in "
+                        f"{self.folder.path} are intact (try a lower train.lr or train.clip_grad)"
                     )
                 bar.set_postfix(
                     loss=f"{mean_loss:.2f}",
@@ -293,7 +293,8 @@ class Trainer:
             val = evaluate(self.model, _on(self.device, val_batches))
             if not np.isfinite(val["elbo"]):
                 raise NonFiniteLossError(
-                    f"non-finite validation ELBO after epoch {epoch}; last good checkpoint kept in {self.folder.path}"
+                    f"non-finite validation ELBO after epoch {epoch}; "
+                    f"checkpoints already saved in {self.folder.path} are intact"
                 )
             self.strategy.end_epoch(val)
             decision = self.lr_rule.update(epoch, -val["elbo"])
