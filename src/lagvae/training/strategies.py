@@ -1,4 +1,4 @@
-"""Training strategies: how one outer step updates encoder and decoder (joint VAE, aggressive inference)."""
+"""Training strategies: how one outer step updates encoder and decoder (joint VAE, aggressive inference, SA-VAE)."""
 
 from __future__ import annotations
 
