@@ -46,36 +46,21 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
 
 def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...], path: Path) -> None:
     """One panel per metric key, one line per method (mean over its runs) against the epoch."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys) + 2.0, 3.4), squeeze=False)
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))  # 20 distinct colours: grids often exceed the default 10
     for ax, key in zip(axes[0], keys, strict=True):
-        for label, runs in curves.items():
+        for i, (label, runs) in enumerate(curves.items()):
             length = min((len(r) for r in runs), default=0)
             if length == 0:
                 continue
             values = np.array([[rec[key] for rec in r[:length]] for r in runs], dtype=float).mean(0)
-            ax.plot([rec["epoch"] for rec in runs[0][:length]], values, marker=".", label=label)
+            epochs = [rec["epoch"] for rec in runs[0][:length]]
+            ax.plot(epochs, values, marker=".", label=label, color=colours[i % 20], ls=("-", "--")[i // 20 % 2])
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {key.upper()}")
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.5 * len(keys) + 2.0), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def image_grid(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
-    """Images [N, H, W] tiled row by row, `cols` per row, with `pad` pixels of 0.5 grey between them."""
-    n, h, w = images.shape
-    rows = -(-n // cols)
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 0.5, dtype=np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top : top + h, left : left + w] = image
-    return grid
-
-
-def save_image_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> None:
-    """Write `image_grid` as a PNG, pixel value 1 white and 0 black, each pixel `scale` x `scale` screen pixels."""
-    grid = image_grid(images, cols).repeat(scale, axis=0).repeat(scale, axis=1)
-    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
