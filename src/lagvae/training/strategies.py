@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,8 +81,12 @@ class JointStrategy:
         kl_term: KLTerm,
         sample_batch: Callable[[], Tensor],
     ) -> JointStrategy:
-        """The strategy `t` describes; each subclass reads its own fields."""
-        return cls(model, enc_opt, dec_opt, t.clip_grad, kl_term)
+        """The strategy `t` describes; subclasses add their own fields through `_options`."""
+        return cls(model, enc_opt, dec_opt, t.clip_grad, kl_term=kl_term, **cls._options(t, sample_batch))
+
+    @staticmethod
+    def _options(t: TrainConfig, sample_batch: Callable[[], Tensor]) -> dict[str, Any]:
+        return {}
 
     def _combine(self, rec: Tensor, kl_per_dim: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor]:
         """(per-example loss -ELBO_beta with the strategy's KL term, rec, the plain KL that is reported)."""
@@ -169,27 +174,14 @@ class AggressiveStrategy(JointStrategy):
         self.best_mi: float | None = None
         self.epochs_since_best = 0
 
-    @classmethod
-    def from_config(
-        cls,
-        t: TrainConfig,
-        model: VAE,
-        enc_opt: torch.optim.Optimizer,
-        dec_opt: torch.optim.Optimizer,
-        kl_term: KLTerm,
-        sample_batch: Callable[[], Tensor],
-    ) -> JointStrategy:
-        return cls(
-            model,
-            enc_opt,
-            dec_opt,
-            t.clip_grad,
-            sample_batch,
-            t.agg_window,
-            t.agg_max_inner,
-            kl_term,
-            mi_patience=t.agg_mi_patience,
-        )
+    @staticmethod
+    def _options(t: TrainConfig, sample_batch: Callable[[], Tensor]) -> dict[str, Any]:
+        return {
+            "sample_batch": sample_batch,
+            "window": t.agg_window,
+            "max_inner": t.agg_max_inner,
+            "mi_patience": t.agg_mi_patience,
+        }
 
     def step(self, x: Tensor, kl_weight: float) -> StepStats:
         if not self.aggressive:
@@ -258,17 +250,9 @@ class SemiAmortizedStrategy(JointStrategy):
         self.svi = {"steps": svi_steps, "lr": svi_lr, "momentum": svi_momentum}
         model.refine = partial(svi_refine, **self.svi)
 
-    @classmethod
-    def from_config(
-        cls,
-        t: TrainConfig,
-        model: VAE,
-        enc_opt: torch.optim.Optimizer,
-        dec_opt: torch.optim.Optimizer,
-        kl_term: KLTerm,
-        sample_batch: Callable[[], Tensor],
-    ) -> JointStrategy:
-        return cls(model, enc_opt, dec_opt, t.clip_grad, t.svi_steps, t.svi_lr, t.svi_momentum, kl_term)
+    @staticmethod
+    def _options(t: TrainConfig, sample_batch: Callable[[], Tensor]) -> dict[str, Any]:
+        return {"svi_steps": t.svi_steps, "svi_lr": t.svi_lr, "svi_momentum": t.svi_momentum}
 
     def step(self, x: Tensor, kl_weight: float) -> StepStats:
         model = self.model
