@@ -47,6 +47,7 @@ def test_active_units_count_dimensions_above_threshold():
 
 def test_perplexity_is_exp_of_nll_per_token():
     assert abs(perplexity(20.0, 10) - math.exp(2.0)) < 1e-9
+    assert perplexity(1e9, 10) == math.inf  # a diverged model reports inf instead of crashing
 
 
 def test_evaluate_reports_consistent_terms(lg_vae):

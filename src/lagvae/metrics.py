@@ -48,8 +48,9 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> Tensor:
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:
-    """PPL = exp(sum_x -log p(x) / #tokens), tokens counting </s> but not <s>."""
-    return math.exp(total_nll / n_tokens)
+    """PPL = exp(sum_x -log p(x) / #tokens), tokens counting </s> but not <s>; inf when that overflows."""
+    per_token = total_nll / n_tokens
+    return math.exp(per_token) if per_token < 700 else float("inf")
 
 
 @torch.no_grad()
