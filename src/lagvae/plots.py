@@ -64,3 +64,21 @@ def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...
     fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.5 * len(keys) + 2.0), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def image_grid(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
+    """Images [N, H, W] tiled row by row, `cols` per row, with `pad` pixels of 0.5 grey between them."""
+    n, h, w = images.shape
+    rows = -(-n // cols)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 0.5, dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top : top + h, left : left + w] = image
+    return grid
+
+
+def save_image_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> None:
+    """Write `image_grid` as a PNG, pixel value 1 white and 0 black, each pixel `scale` x `scale` screen pixels."""
+    grid = image_grid(images, cols).repeat(scale, axis=0).repeat(scale, axis=1)
+    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
