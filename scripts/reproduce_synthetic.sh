@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The synthetic-data runs behind docs/RESULTS.md, in order; each prints its wall time.
 # Usage: bash scripts/reproduce_synthetic.sh [demo|converge|baselines|bench ...]   (default: all four)
-# Cost on the 2-core CPU machine: demo ~6 min, converge ~30 min, baselines ~45 min, bench ~2 min.
+# Measured on the 2-core CPU machine: demo 5 min, converge 40 min, baselines 41 min, bench ~2 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s .venv/bin/.installed
