@@ -33,7 +33,7 @@ class RunSpec:
     out: Path
     epochs: int | None
     train_limit: int | None
-    overrides: tuple[str, ...]
+    overrides: tuple[str, ...]  # the method's own parameter first, then the grid's --set overrides
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
@@ -51,14 +51,13 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
 def _run_one(spec: RunSpec) -> dict[str, Any]:
     from lagvae.training.loop import train_and_evaluate
 
-    method, extra = parse_method(spec.label)
     config = make_config(
         spec.preset,
-        method,
+        spec.method,
         epochs=spec.epochs,
         seed=spec.seed,
         train_limit=spec.train_limit,
-        overrides=[*extra, *spec.overrides],
+        overrides=spec.overrides,
     )
     config.threads = 1  # grid runs share the machine; one thread each
     config.progress = False
@@ -91,11 +90,10 @@ def run_grid(
 
     With `report_only`, nothing is trained: the summary covers the runs already finished.
     """
-    for label in methods:
-        parse_method(label)  # fail fast on a typo, before hours of training
+    parsed = {label: parse_method(label) for label in methods}  # fails fast on a typo, before any training
     specs = [
-        RunSpec(preset, m, parse_method(m)[0], s, out / m / f"seed{s}", epochs, train_limit, tuple(overrides))
-        for m in methods
+        RunSpec(preset, m, name, s, out / m / f"seed{s}", epochs, train_limit, (*extra, *overrides))
+        for m, (name, extra) in parsed.items()
         for s in seeds
     ]
     results: dict[tuple[str, int], dict[str, Any]] = {}
