@@ -121,14 +121,26 @@ def test_every_command_is_tested():
 def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys):
     out = tmp_path / "grid"
     grid = ["compare", "synthetic", "--methods", "vae,beta=0.5,lm", "--seeds", "2", "--out", str(out)]
-    tiny = ["--epochs", "1", "--train-limit", "32", "--set", "data.n_train=64", "--set", "data.n_val=32"]
+    tiny = [
+        "--size",
+        "cpu",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "32",
+        "--set",
+        "data.n_train=64",
+        "--set",
+        "data.n_val=32",
+    ]
     tiny += ["--set", "data.n_test=16", "--set", "eval.iw_samples=4", "--set", "eval.posterior_points=0"]
     assert main([*grid, *tiny]) == 0
     table = (out / "compare.md").read_text()
     for label in ("vae", "beta=0.5", "lm"):
         assert f"| {label} |" in table
     assert "1.00x" in table and "± " in table
-    assert json.loads((out / "beta=0.5" / "seed1" / "config.json").read_text())["train"]["beta"] == 0.5
+    saved = json.loads((out / "beta=0.5" / "seed1" / "config.json").read_text())
+    assert saved["train"]["beta"] == 0.5 and saved["model"]["dec_hidden"] == 128  # --size reaches every run
     assert (out / "compare.csv").read_text().count("\n") == 4 and (out / "compare_curves.png").exists()
     stamp = (out / "vae" / "seed0" / "final.json").stat().st_mtime_ns
     capsys.readouterr()

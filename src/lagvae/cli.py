@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("preset", help=f"one of: {', '.join(PRESETS)}")
     cmp.add_argument("--methods", required=True, help="comma-separated, e.g. vae,aggressive,beta=0.8,free-bits=0.5")
     cmp.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 for every method")
+    cmp.add_argument("--size", help=f"text model size for every run: {', '.join(SIZES)}")
     cmp.add_argument("--epochs", type=_positive_int)
     cmp.add_argument("--train-limit", type=_positive_int)
     cmp.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel (one CPU thread each)")
@@ -166,6 +167,7 @@ def _compare(args: argparse.Namespace) -> None:
         args.out,
         epochs=args.epochs,
         train_limit=args.train_limit,
+        size=args.size,
         overrides=args.overrides,
         jobs=args.jobs,
         report_only=args.report_only,

@@ -33,6 +33,7 @@ class RunSpec:
     out: Path
     epochs: int | None
     train_limit: int | None
+    size: str | None
     overrides: tuple[str, ...]  # the method's own parameter first, then the grid's --set overrides
 
 
@@ -54,6 +55,7 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
     config = make_config(
         spec.preset,
         spec.method,
+        size=spec.size,
         epochs=spec.epochs,
         seed=spec.seed,
         train_limit=spec.train_limit,
@@ -82,6 +84,7 @@ def run_grid(
     *,
     epochs: int | None = None,
     train_limit: int | None = None,
+    size: str | None = None,
     overrides: Sequence[str] = (),
     jobs: int = 1,
     report_only: bool = False,
@@ -92,7 +95,7 @@ def run_grid(
     """
     parsed = {label: parse_method(label) for label in methods}  # fails fast on a typo, before any training
     specs = [
-        RunSpec(preset, m, name, s, out / m / f"seed{s}", epochs, train_limit, (*extra, *overrides))
+        RunSpec(preset, m, name, s, out / m / f"seed{s}", epochs, train_limit, size, (*extra, *overrides))
         for m, (name, extra) in parsed.items()
         for s in seeds
     ]
