@@ -78,6 +78,17 @@ def test_savae_refinement_raises_the_elbo():
     assert float((after > before).float().mean()) >= 0.8
 
 
+def test_svi_steps_are_bounded_and_use_kims_batch_mean_learning_rate():
+    vae, _ = linear_gaussian_vae(seed=5)
+    x = 1e4 * torch.randn(8, 3)  # gradients of order 1e4-1e8: unclipped, one step would fly off
+    mu0, logvar0 = torch.zeros(8, 2), torch.zeros(8, 2)
+    mu, logvar = svi_refine(vae, x, mu0, logvar0, steps=6, lr=0.1, momentum=0.5, max_grad_norm=2.0)
+    bound = 0.1 * 2.0 * 6 / (1 - 0.5)
+    assert 0.5 * bound < float((mu - mu0).abs().max()) <= bound and float((logvar - logvar0).abs().max()) <= bound
+    train = TrainConfig(batch_size=32, svi_lr=1.0, svi_steps=7)
+    assert SemiAmortizedStrategy._options(train, lambda: x) == {"svi_steps": 7, "svi_lr": 1 / 32, "svi_momentum": 0.5}
+
+
 def test_savae_gradient_reaches_the_encoder_through_the_svi_steps():
     torch.manual_seed(0)
     vae, _ = linear_gaussian_vae(seed=6)

@@ -85,6 +85,7 @@ class TrainConfig:
     cycle_shape: str = "linear"  # cyclical: linear | cosine | sigmoid
     free_bits: float = 0.1  # free-bits target lambda, nats per latent dimension
     svi_steps: int = 10  # SA-VAE: SVI steps per example
+    # Kim et al.'s SVI lr, on the batch-MEAN loss: each example steps svi_lr / batch_size on its own ELBO
     svi_lr: float = 1.0
     svi_momentum: float = 0.5
     agg_window: int = 15  # inner steps per window when comparing the encoder loss

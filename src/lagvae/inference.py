@@ -27,6 +27,7 @@ def svi_refine(
     own one-sample ELBO, starting from the encoder's output. With `create_graph` the steps stay
     differentiable, so a loss on the refined lambda_K backpropagates through them into the encoder.
     `noise` fixes the reparameterisation draws (one [B, D] tensor per step), for gradient checks.
+    With the per-example clip, no coordinate moves further than lr * max_grad_norm * steps / (1 - momentum).
     """
     with torch.enable_grad():
         # Outside a differentiable refinement (or for a leaf with no history) start from fresh leaves.
