@@ -1,14 +1,23 @@
-"""Decoding: greedy is beam search of width 1, and a wide beam finds the exact best sequence."""
+"""Decoding: greedy is beam search of width 1, a wide beam finds the exact best sequence; the sentence API."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
-from lagvae.config import ModelConfig
-from lagvae.data.text import BOS_ID, EOS_ID, UNK_ID
-from lagvae.generate import decode, interpolation_latents
+from lagvae.config import LagvaeError, ModelConfig
+from lagvae.data.text import BOS_ID, EOS_ID, UNK_ID, Vocab
+from lagvae.generate import (
+    Decoding,
+    decode,
+    decode_sentences,
+    encode_sentences,
+    interpolate_sentences,
+    interpolation_latents,
+    reconstruct_sentences,
+)
 from lagvae.models import build_model
 
 
@@ -66,3 +75,18 @@ def test_interpolation_runs_between_the_two_means():
     path = interpolation_latents(a, b, 5)
     assert path.shape == (5, 2) and torch.equal(path[0], a) and torch.equal(path[-1], b)
     torch.testing.assert_close(path[2], (a + b) / 2)
+
+
+def test_sentence_api_encodes_decodes_and_interpolates_between_the_two_posterior_means():
+    vocab = Vocab(["the", "cat", "sat", "dog"])
+    model = _model(len(vocab))
+    mu, _ = encode_sentences(model, vocab, ["5\tthe cat sat", "the dog"])
+    mu_plain, _ = encode_sentences(model, vocab, ["the cat sat"])
+    assert torch.allclose(mu[0], mu_plain[0])  # the label<TAB> prefix is ignored
+    how = Decoding(max_len=6)
+    path = interpolate_sentences(model, vocab, "the cat sat", "the dog", 4, how)
+    assert len(path) == 4 and path[0] == decode_sentences(model, vocab, mu[:1], how)[0]
+    assert path[-1] == reconstruct_sentences(model, vocab, ["the dog"], how=how)[0]
+    assert set(" ".join(path).split()) <= set(vocab.itos[3:])
+    with pytest.raises(LagvaeError, match="empty sentence"):
+        encode_sentences(model, vocab, ["the cat", "   "])

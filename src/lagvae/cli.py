@@ -187,21 +187,12 @@ def _generate(args: argparse.Namespace) -> None:
     if vocab is None:
         _generate_images(args, config, model, saved_image_shape(args.run))
         return
-    from lagvae.data.text import TextSet
-    from lagvae.generate import decode, interpolation_latents
+    from lagvae.generate import Decoding, decode_sentences, interpolate_sentences, reconstruct_sentences
 
-    device = next(model.parameters()).device
-
-    def encode(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        docs = [line.split("\t", 1)[-1].split() for line in lines]
-        if not all(docs):
-            raise LagvaeError("empty sentence given; every input needs at least one token")
-        data = TextSet.from_ids([vocab.encode(d) for d in docs])
-        with torch.no_grad():
-            return model.posterior(data.tokens.to(device))
-
+    how = Decoding(args.decode, args.beam, args.temperature, args.max_len)
     if args.command == "sample":
-        z = torch.randn(args.n, config.model.latent_dim, device=device)
+        z = torch.randn(args.n, config.model.latent_dim, device=next(model.parameters()).device)
+        out = decode_sentences(model, vocab, z, how)
     elif args.command == "reconstruct":
         from lagvae.data.corpus import read_lines
 
@@ -210,16 +201,10 @@ def _generate(args: argparse.Namespace) -> None:
         lines = [line for line in read_lines(args.input) if line.strip()]
         if not lines:
             raise LagvaeError(f"{args.input} has no non-empty lines")
-        mu, logvar = encode(lines)
-        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if args.sample_z else mu
+        decoded = reconstruct_sentences(model, vocab, lines, args.sample_z, how)
+        out = [f"{line}\t->\t{text}" for line, text in zip(lines, decoded, strict=True)]
     else:
-        mu, _ = encode([args.sentence_a, args.sentence_b])
-        z = interpolation_latents(mu[0], mu[1], args.steps)
-    ids = decode(model, z, args.max_len, args.decode, args.beam, args.temperature)
-    out = []
-    for i, row in enumerate(ids):
-        text = " ".join(vocab.decode(row))
-        out.append(f"{lines[i]}\t->\t{text}" if args.command == "reconstruct" else text)
+        out = interpolate_sentences(model, vocab, args.sentence_a, args.sentence_b, args.steps, how)
     if args.out is not None:
         args.out.write_text("".join(line + "\n" for line in out))
         print(f"wrote {len(out)} lines to {args.out}")

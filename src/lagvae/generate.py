@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, strip_ids
+from lagvae.config import LagvaeError
+from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, TextSet, Vocab, strip_ids
 from lagvae.models.vae import VAE
 
 DECODERS = ("greedy", "beam", "sample")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How latents become text: greedy, beam (width `beam`) or sampling at `temperature`, up to `max_len` tokens."""
+
+    method: str = "greedy"
+    beam: int = 5
+    temperature: float = 1.0
+    max_len: int = 50
 
 
 def _next_token_logits(logits: Tensor) -> Tensor:
@@ -97,6 +110,39 @@ def interpolation_latents(mu_a: Tensor, mu_b: Tensor, steps: int) -> Tensor:
     """z_t = (1 - t) mu_a + t mu_b for t evenly spaced in [0, 1], `steps` points (ends included)."""
     t = torch.linspace(0.0, 1.0, steps, device=mu_a.device).unsqueeze(1)
     return (1 - t) * mu_a + t * mu_b
+
+
+@torch.no_grad()
+def encode_sentences(model: VAE, vocab: Vocab, lines: list[str]) -> tuple[Tensor, Tensor]:
+    """The posterior (mu, logvar) [N, D] of whitespace-tokenised lines (a `label<TAB>` prefix is dropped)."""
+    docs = [line.split("\t", 1)[-1].split() for line in lines]
+    if not docs or not all(docs):
+        raise LagvaeError("empty sentence given; every input needs at least one token")
+    tokens = TextSet.from_ids([vocab.encode(d) for d in docs]).tokens
+    return model.posterior(tokens.to(next(model.parameters()).device))
+
+
+def decode_sentences(model: VAE, vocab: Vocab, z: Tensor, how: Decoding = Decoding()) -> list[str]:
+    """Decode each latent in z [N, D] (prior draws, posterior means) to a string."""
+    ids = decode(model, z, how.max_len, how.method, how.beam, how.temperature)
+    return [" ".join(vocab.decode(row)) for row in ids]
+
+
+def reconstruct_sentences(
+    model: VAE, vocab: Vocab, lines: list[str], sample_z: bool = False, how: Decoding = Decoding()
+) -> list[str]:
+    """Each line decoded from its posterior mean (or a posterior sample with `sample_z`)."""
+    mu, logvar = encode_sentences(model, vocab, lines)
+    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample_z else mu
+    return decode_sentences(model, vocab, z, how)
+
+
+def interpolate_sentences(
+    model: VAE, vocab: Vocab, a: str, b: str, steps: int, how: Decoding = Decoding()
+) -> list[str]:
+    """Sentences decoded along the line between the posterior means of a and b, ends included."""
+    mu, _ = encode_sentences(model, vocab, [a, b])
+    return decode_sentences(model, vocab, interpolation_latents(mu[0], mu[1], steps), how)
 
 
 @torch.no_grad()
