@@ -121,18 +121,8 @@ def test_every_command_is_tested():
 def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys):
     out = tmp_path / "grid"
     grid = ["compare", "synthetic", "--methods", "vae,beta=0.5,lm", "--seeds", "2", "--out", str(out)]
-    tiny = [
-        "--size",
-        "cpu",
-        "--epochs",
-        "1",
-        "--train-limit",
-        "32",
-        "--set",
-        "data.n_train=64",
-        "--set",
-        "data.n_val=32",
-    ]
+    tiny = ["--size", "cpu", "--epochs", "1", "--train-limit", "32", "--set", "data.n_train=64"]
+    tiny += ["--set", "data.n_val=32"]
     tiny += ["--set", "data.n_test=16", "--set", "eval.iw_samples=4", "--set", "eval.posterior_points=0"]
     assert main([*grid, *tiny]) == 0
     table = (out / "compare.md").read_text()
