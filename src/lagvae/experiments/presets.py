@@ -49,7 +49,8 @@ def _images(name: str, data: str, small: bool) -> RunConfig:
     validation loss (5 halvings end training), the aggressive inner loop compares windows of 10 steps, and
     aggressive training stops after 5 epochs without a new best I_q. `small` shrinks the networks until an
     aggressive comparison fits a CPU session (2 PixelCNN layers, kernels 5 and 3, of 16 channels; a
-    16-channel encoder with 64 features: ~0.1 s per step of 50 images on one core) and keeps the rules.
+    16-channel encoder with 64 features: ~0.1 s per step of 50 images on one core, measured by
+    benchmarks/bench_steps.py) and keeps the rules.
     """
     model = ModelConfig(kind="image", latent_dim=32)
     if small:
