@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
 
+from lagvae.models.linear_ce import twice_differentiable
 from lagvae.models.vae import VAE
 from lagvae.objectives import gaussian_kl
 
@@ -29,7 +32,8 @@ def svi_refine(
     `noise` fixes the reparameterisation draws (one [B, D] tensor per step), for gradient checks.
     With the per-example clip, no coordinate moves further than lr * max_grad_norm * steps / (1 - momentum).
     """
-    with torch.enable_grad():
+    # Differentiating through the steps needs a twice-differentiable decoder loss.
+    with torch.enable_grad(), twice_differentiable() if create_graph else nullcontext():
         # Outside a differentiable refinement (or for a leaf with no history) start from fresh leaves.
         if not create_graph or not mu.requires_grad:
             mu = mu.detach().requires_grad_()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lagvae.data.text import PAD_ID
+from lagvae.models.linear_ce import dropout, linear_cross_entropy
 
 
 def _init_uniform(module: nn.Module, embed: nn.Embedding) -> None:
@@ -48,33 +48,35 @@ class LSTMDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
-        self.dropout_in = nn.Dropout(dropout_in)
-        self.dropout_out = nn.Dropout(dropout_out)
+        self.dropout_in = dropout_in
+        self.dropout_out = dropout_out
         self.init_state = nn.Linear(latent_dim, hidden, bias=False)
         self.lstm = nn.LSTM(embed_dim + latent_dim, hidden, batch_first=True)
         self.output = nn.Linear(hidden, vocab_size, bias=False)
         _init_uniform(self, self.embed)
 
-    def step_logits(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple]:
-        """Logits for the token after each of `inputs` [N, T] given z [N, D]; returns the new LSTM state."""
+    def _hidden(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple]:
+        """The LSTM outputs (after output dropout) for `inputs` [N, T] given z [N, D], and the new state."""
         if state is None:
             c0 = self.init_state(z).unsqueeze(0)
             state = (torch.tanh(c0), c0)
-        emb = self.dropout_in(self.embed(inputs))
+        emb = dropout(self.embed(inputs), self.dropout_in, self.training)
         emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
         out, state = self.lstm(emb, state)
-        return self.output(self.dropout_out(out)), state
+        return dropout(out, self.dropout_out, self.training), state
+
+    def step_logits(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple]:
+        """Logits for the token after each of `inputs` [N, T] given z [N, D]; returns the new LSTM state."""
+        out, state = self._hidden(inputs, z, state)
+        return self.output(out), state
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) = sum_t log p(x_{t+1} | x_<=t, z) over real (non-pad) targets; x [B, T], z [B, S, D] -> [B, S]."""
         b, s = z.shape[:2]
-        src = x[:, :-1].repeat_interleave(s, dim=0)
-        tgt = x[:, 1:].repeat_interleave(s, dim=0)
-        logits, _ = self.step_logits(src, z.reshape(b * s, -1), None)
-        # Cross-entropy on contiguous 2-d logits is the fastest fused path (a transposed 3-d call copies).
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=PAD_ID, reduction="none"
-        )
+        src = x[:, :-1].repeat_interleave(s, dim=0) if s > 1 else x[:, :-1]
+        tgt = x[:, 1:].repeat_interleave(s, dim=0) if s > 1 else x[:, 1:]
+        out, _ = self._hidden(src, z.reshape(b * s, -1), None)
+        nll = linear_cross_entropy(out.reshape(-1, out.shape[-1]), self.output.weight, tgt.reshape(-1), PAD_ID)
         return -nll.view(b * s, -1).sum(-1).view(b, s)
 
     @staticmethod

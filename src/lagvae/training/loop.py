@@ -59,6 +59,7 @@ def validate(config: RunConfig) -> None:
         "train.lr": t.lr,
         "train.agg_window": t.agg_window,
         "train.agg_max_inner": t.agg_max_inner,
+        "train.agg_dec_norm_every": t.agg_dec_norm_every,
         "train.n_cycles": t.n_cycles,
         "eval.iw_chunk": e.iw_chunk,
         "eval.posterior_grid": e.posterior_grid,
