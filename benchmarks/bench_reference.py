@@ -123,11 +123,10 @@ def ref_iw_nll(enc: RefEncoder, dec: RefDecoder, x: Tensor, k: int, ns: int = 10
 
 # ---- timing ----------------------------------------------------------------------------------------------
 def per_call_ms(fn: Callable[[Tensor], object], batches: list[Tensor], seconds: float) -> float:
-    """Mean ms per call over `batches` cycled for about `seconds` (after 3 warm-up calls)."""
-    for x in batches[:3]:
-        fn(x)
+    """Mean ms per call over `batches` cycled for about `seconds` (after one warm-up call; at least 3 calls)."""
+    fn(batches[0])
     n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or n < 5:
+    while time.perf_counter() - start < seconds or n < 3:
         fn(batches[n % len(batches)])
         n += 1
     return (time.perf_counter() - start) / n * 1000
