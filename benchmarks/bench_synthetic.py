@@ -49,7 +49,7 @@ def iw_examples_per_second(trainer: Trainer, k: int, seconds: float) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         for x in batches:
-            iw_log_likelihood(trainer.model, x, k, trainer.config.eval.iw_chunk)
+            iw_log_likelihood(trainer.model, x, k, trainer.config.eval.max_memory_mb)
             n += x.shape[0]
             if time.perf_counter() - start > seconds:
                 break

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from lagvae.config import ConfigError, RunConfig, apply_override, from_dict, load_json, save_json, to_dict
+from lagvae.config import ConfigError, RunConfig, apply_override, from_dict, load_json, to_dict
 from lagvae.experiments.presets import PRESETS, make_config
 from lagvae.training.methods import METHODS
+from lagvae.training.run_folder import RunFolder
 
 
 def test_overrides_parse_to_field_types():
@@ -33,8 +36,13 @@ def test_override_mistakes_are_one_line_errors(text, message):
 
 def test_json_round_trip(tmp_path):
     config = make_config("synthetic-1d", "aggressive-anneal", epochs=3, overrides=["train.lr=0.5"])
-    save_json(config, tmp_path / "c.json")
-    assert load_json(tmp_path / "c.json") == config
+    RunFolder(tmp_path).write_config(config)
+    assert load_json(tmp_path / "config.json") == config
+    # a config.json from before eval.iw_chunk was retired still loads
+    old = json.loads((tmp_path / "config.json").read_text())
+    old["eval"]["iw_chunk"] = 50
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert load_json(tmp_path / "config.json") == config
     with pytest.raises(ConfigError, match="unknown config keys"):
         from_dict(RunConfig, {**to_dict(config), "bogus": 1})
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lagvae.config import ModelConfig
 from lagvae.data.text import PAD_ID
+from lagvae.metrics import samples_per_chunk
 from lagvae.models import build_model, linear_ce
 from lagvae.models.linear_ce import dropout, linear_cross_entropy, twice_differentiable
 from lagvae.training.flat_grads import FlatGrads
@@ -184,3 +185,16 @@ def test_stale_decoder_norm_is_exact_on_refresh_steps_and_reuses_the_norm_betwee
     assert float(strategy.grads.decoder.abs().sum()) == 0  # no decoder weight gradient was computed
     for p, e in zip(model.encoder.parameters(), expected, strict=True):
         torch.testing.assert_close(p.detach(), e, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("budget_mb", [0.01, 1.0, 64.0])
+def test_iw_chunks_fit_the_memory_budget(budget_mb):
+    model = _model(vocab=50)
+    x = torch.randint(4, 50, (16, 30))
+    per_sample = model.decoder.sample_bytes(x)
+    chunk = samples_per_chunk(model, x, 500, budget_mb)
+    assert 1 <= chunk <= 500
+    if chunk > 1:
+        assert chunk * per_sample <= budget_mb * 2**20 < (chunk + 1) * per_sample or chunk == 500
+    else:
+        assert 2 * per_sample > budget_mb * 2**20

@@ -56,7 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
     train.add_argument("--out", type=Path, help="run folder (default runs/<preset>-<method>)")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=("yes", "auto"),
+        help="continue the run in --out from its last.pt; 'auto': continue when there is one, else start",
+    )
+    train.add_argument("--overwrite", action="store_true", help="delete the run already in --out, then start")
     train.add_argument("--beta", type=float, help="KL weight of the beta method (train.beta)")
     train.add_argument("--target", type=float, help="free-bits lambda in nats per dimension (train.free_bits)")
     train.add_argument("--threads", type=_positive_int, help="CPU threads (default: chosen from model size)")
@@ -145,7 +153,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.no_progress:
         config.progress = False
     out = args.out or Path("runs") / f"{args.preset}-{args.method}"
-    results = train_and_evaluate(config, out, resume=args.resume)
+    results = train_and_evaluate(config, out, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(results, indent=2))
     print(f"run folder: {out}")
 

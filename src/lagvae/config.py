@@ -107,7 +107,8 @@ class EvalConfig:
     """Diagnostics: IW-NLL sample counts and the posterior-mean-space snapshots."""
 
     iw_samples: int = 500  # K at the final test
-    iw_chunk: int = 50  # samples decoded at once, bounds memory
+    # working memory of the IW decode: samples are decoded in chunks that fit (logits never exist whole)
+    max_memory_mb: float = 512
     batch_size: int = 0  # 0: the training batch size (MI uses each eval minibatch as its aggregate)
     posterior_points: int = 100  # held-out x in the posterior-mean picture; 0 turns it off
     posterior_grid: float = 0.35  # grid step for the true posterior mean (each grid point costs one decode per x)
@@ -148,12 +149,22 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def save_json(config: RunConfig, path: Path) -> None:
-    path.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+# Fields that older run folders may hold and that no longer exist (replaced by: see the comment).
+RETIRED = {"eval": ("iw_chunk",)}  # eval.max_memory_mb
 
 
 def load_json(path: Path) -> RunConfig:
-    return from_dict(RunConfig, json.loads(path.read_text()))
+    """The RunConfig saved at `path`; a damaged or foreign file is a one-line ConfigError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}; it is damaged or not a lagvae config") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"cannot read {path}: not a lagvae config (a JSON object)")
+    for section, keys in RETIRED.items():
+        for key in keys:
+            data.get(section, {}).pop(key, None)
+    return from_dict(RunConfig, data)
 
 
 def _parse_scalar(text: str, hint: Any, key: str) -> Any:

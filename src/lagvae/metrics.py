@@ -13,15 +13,27 @@ from lagvae.objectives import gaussian_kl, iw_bound, log_importance_weights, log
 
 
 def iw_log_likelihood(
-    model: VAE, x: Tensor, k: int, chunk: int = 50, posterior: tuple[Tensor, Tensor] | None = None
+    model: VAE, x: Tensor, k: int, max_memory_mb: float = 512, posterior: tuple[Tensor, Tensor] | None = None
 ) -> Tensor:
-    """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded `chunk` samples at a time."""
+    """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded in memory-bounded chunks."""
     mu, logvar = posterior if posterior is not None else model.posterior(x)
+    chunk = samples_per_chunk(model, x, k, max_memory_mb)
     log_w = []
     for start in range(0, k, chunk):
         z = reparameterize(mu, logvar, min(chunk, k - start))
         log_w.append(log_importance_weights(model.log_prob(x, z), z, mu, logvar))
     return iw_bound(torch.cat(log_w, dim=1))
+
+
+def samples_per_chunk(model: VAE, x: Tensor, k: int, max_memory_mb: float) -> int:
+    """How many of the K samples of the whole batch x to decode at once within `max_memory_mb` of working memory.
+
+    Decoders report the no-grad working memory of one sample of the batch (`sample_bytes`); one that does not
+    is assumed to need 64 bytes per input value. At least one sample is decoded, whatever the budget.
+    """
+    sample_bytes = getattr(model.decoder, "sample_bytes", None)
+    per_sample = sample_bytes(x) if sample_bytes is not None else 64 * x.numel()
+    return max(1, min(k, int(max_memory_mb * 2**20 // max(per_sample, 1))))
 
 
 def mutual_information(mu: Tensor, logvar: Tensor, z: Tensor | None = None) -> Tensor:
@@ -54,10 +66,13 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: VAE, batches: Iterable[Tensor], iw_samples: int = 0, iw_chunk: int = 50) -> dict[str, float]:
+def evaluate(
+    model: VAE, batches: Iterable[Tensor], iw_samples: int = 0, max_memory_mb: float = 512
+) -> dict[str, float]:
     """Per-example means of elbo, rec, kl, mi (per-minibatch aggregate, size-weighted) and au over all batches.
 
-    With iw_samples > 0 also nll (IW bound with K = iw_samples). `ppl` uses nll when present, else -elbo.
+    With iw_samples > 0 also nll (IW bound with K = iw_samples, decoded within max_memory_mb); `ppl` uses nll
+    when present, else -elbo.
     Everything is at KL weight 1. The model is put in eval mode (no dropout) and restored afterwards.
     """
     was_training = model.training
@@ -75,7 +90,7 @@ def evaluate(model: VAE, batches: Iterable[Tensor], iw_samples: int = 0, iw_chun
         sums["kl"] += float(gaussian_kl(mu, logvar).sum())
         sums["mi"] += float(mutual_information(mu, logvar)) * b
         if iw_samples > 0:
-            sums["nll"] += float(-iw_log_likelihood(model, x, iw_samples, iw_chunk, (mu, logvar)).sum())
+            sums["nll"] += float(-iw_log_likelihood(model, x, iw_samples, max_memory_mb, (mu, logvar)).sum())
         mus.append(mu)
         n += b
         units += int(model.n_units(x))

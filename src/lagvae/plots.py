@@ -10,6 +10,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lagvae.atomic import atomic_write  # noqa: E402
+
 MAX_PANELS = 6
 
 
@@ -40,7 +42,7 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -62,7 +64,7 @@ def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...
     if handles:
         fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.5 * len(keys) + 2.0), 1))
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -81,4 +83,4 @@ def image_grid(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
 def save_image_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> None:
     """Write `image_grid` as a PNG, pixel value 1 white and 0 black, each pixel `scale` x `scale` screen pixels."""
     grid = image_grid(images, cols).repeat(scale, axis=0).repeat(scale, axis=1)
-    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+    atomic_write(path, lambda f: plt.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))

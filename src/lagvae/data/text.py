@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lagvae.atomic import save_json_atomic
+from lagvae.config import ConfigError
 from lagvae.data.batches import IndexBatches
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -47,11 +49,17 @@ class Vocab:
         return [self.itos[i] for i in strip_ids(ids)]
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.itos[len(SPECIALS) :]) + "\n")
+        save_json_atomic(self.itos[len(SPECIALS) :], path)
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
-        return cls(json.loads(path.read_text()))
+        try:
+            words = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read vocabulary {path}: {err}") from None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ConfigError(f"cannot read vocabulary {path}: not a JSON list of words")
+        return cls(words)
 
 
 @dataclass

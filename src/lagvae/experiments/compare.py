@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lagvae.atomic import atomic_write
 from lagvae.config import ConfigError
 from lagvae.experiments.presets import make_config
 from lagvae.training.methods import METHODS
-from lagvae.training.run_folder import FINAL, RunFolder
+from lagvae.training.run_folder import ERROR, FINAL, RunFolder
 
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
 PARAMETER = {"beta": "train.beta", "free-bits": "train.free_bits", "savae": "train.svi_steps"}
@@ -63,7 +64,7 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
     )
     config.threads = 1  # grid runs share the machine; one thread each
     config.progress = False
-    return train_and_evaluate(config, spec.out)
+    return train_and_evaluate(config, spec.out, resume="auto")  # a half-trained cell continues
 
 
 def _attempt(spec: RunSpec) -> dict[str, Any]:
@@ -71,8 +72,7 @@ def _attempt(spec: RunSpec) -> dict[str, Any]:
     try:
         return {"ok": True, **_run_one(spec)}
     except Exception as err:  # noqa: BLE001 - every failure is reported per run
-        (spec.out / "error.txt").parent.mkdir(parents=True, exist_ok=True)
-        (spec.out / "error.txt").write_text(traceback.format_exc())
+        atomic_write(spec.out / ERROR, lambda f: f.write(traceback.format_exc().encode()))
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 
 
@@ -91,6 +91,7 @@ def run_grid(
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """Train every (method, seed) not already finished under out/<method>/seed<seed>, then summarise.
 
+    A cell with a last.pt but no final.json (stopped mid-run) resumes from its last checkpoint.
     With `report_only`, nothing is trained: the summary covers the runs already finished.
     """
     parsed = {label: parse_method(label) for label in methods}  # fails fast on a typo, before any training

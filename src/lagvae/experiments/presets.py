@@ -58,8 +58,7 @@ def _images(name: str, data: str, small: bool) -> RunConfig:
     train = TrainConfig(optimizer="adam", lr=1e-3, batch_size=50, epochs=200)
     train.lr_patience, train.lr_decay_min_epoch, train.max_decays = 20, 0, 5
     train.agg_window, train.agg_mi_patience = 10, 5
-    # iw_chunk 10: each IW chunk decodes batch x chunk full images through every PixelCNN layer
-    evaluation = EvalConfig(iw_chunk=10, posterior_points=0)
+    evaluation = EvalConfig(posterior_points=0)
     return RunConfig(preset=name, data=DataConfig(name=data), model=model, train=train, eval=evaluation)
 
 

@@ -140,6 +140,12 @@ class PixelCNNDecoder(nn.Module):
         nll = F.binary_cross_entropy_with_logits(logits, xs, reduction="none")
         return -nll.flatten(1).sum(-1).view(b, s)
 
+    def sample_bytes(self, x: Tensor) -> int:
+        """Working memory of decoding one latent sample for every image of x without gradients (an upper estimate:
+        a layer's input stacks, pre-activations, gates and outputs, about 16 maps of `channels` per pixel, fp32)."""
+        channels = self.output.in_channels
+        return x.shape[0] * x[0].numel() * 4 * (16 * channels + 4)
+
     @staticmethod
     def n_units(x: Tensor) -> Tensor:
         """Pixels in the batch: the per-unit loss denominator of the aggressive inner loop."""

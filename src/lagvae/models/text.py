@@ -79,6 +79,14 @@ class LSTMDecoder(nn.Module):
         nll = linear_cross_entropy(out.reshape(-1, out.shape[-1]), self.output.weight, tgt.reshape(-1), PAD_ID)
         return -nll.view(b * s, -1).sum(-1).view(b, s)
 
+    def sample_bytes(self, x: Tensor) -> int:
+        """Working memory of decoding one latent sample for every sentence of x without gradients (an upper
+        estimate: token ids, embeddings and LSTM input, gates, cell and output per step, fp32). The output
+        layer adds one fixed chunk of logits (linear_ce.CHUNK_LOGITS), whatever the number of samples."""
+        e, d = self.embed.embedding_dim, self.init_state.in_features
+        per_token = 16 + 4 * (3 * (e + d) + 8 * self.lstm.hidden_size)
+        return x.shape[0] * (x.shape[1] - 1) * per_token
+
     @staticmethod
     def n_units(x: Tensor) -> Tensor:
         """Predicted tokens in a batch (</s> counted, <s> and padding not): the per-token loss denominator."""

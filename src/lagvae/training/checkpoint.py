@@ -1,40 +1,29 @@
-"""Atomic files (checkpoints, results): write to a temporary sibling, fsync, then rename over the old one."""
+"""Checkpoints: written atomically (lagvae.atomic), read with weights_only and one-line errors."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` so that a crash leaves either the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from lagvae.atomic import atomic_write
+from lagvae.config import LagvaeError
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def save_json_atomic(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def load(path: Path, device: str | torch.device = "cpu") -> Any:
-    """Checkpoints hold only tensors, numbers and strings, so they load with weights_only (no code runs)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """Checkpoints hold only tensors, numbers and strings, so they load with weights_only (no code runs).
+
+    A truncated, foreign or refused file is a one-line error naming it (the CLI exits with code 2).
+    """
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise LagvaeError(f"{path} does not exist") from None
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a bad file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LagvaeError(f"cannot read checkpoint {path}: {reason[:200]}") from None

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import ConfigError, LagvaeError, RunConfig, apply_override, load_json, to_dict
 from lagvae.data import BatchSource, Dataset, Splits, build_data
 from lagvae.data.text import Vocab
@@ -61,7 +62,7 @@ def validate(config: RunConfig) -> None:
         "train.agg_max_inner": t.agg_max_inner,
         "train.agg_dec_norm_every": t.agg_dec_norm_every,
         "train.n_cycles": t.n_cycles,
-        "eval.iw_chunk": e.iw_chunk,
+        "eval.max_memory_mb": e.max_memory_mb,
         "eval.posterior_grid": e.posterior_grid,
         "eval.posterior_range": e.posterior_range,
     }
@@ -141,10 +142,10 @@ class Trainer:
         validate(config)
         self.config = config
         self.folder = RunFolder(out_dir)
-        self.folder.create()
         self.device = setup_runtime(config)
         torch.manual_seed(config.train.seed)
         self.splits: Splits = build_data(config.data, vocab)
+        self.folder.create()  # only once the data loaded: a bad corpus leaves no empty folder behind
         vocab_size = len(self.splits.vocab) if self.splits.vocab is not None else 0
         self.model = build_model(config.model, vocab_size).to(self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
@@ -221,7 +222,7 @@ class Trainer:
             return
         self.tracker.snapshot(self.model, self.state.step, epoch)
         arrays = self.tracker.arrays()
-        checkpoint.atomic_write(self.folder.file(POSTERIOR_NPZ), lambda f: np.savez(f, **arrays))
+        atomic_write(self.folder.file(POSTERIOR_NPZ), lambda f: np.savez(f, **arrays))
         plot_posterior_means(arrays, self.folder.file(POSTERIOR_PNG), title=self.config.train.method)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -274,14 +275,14 @@ class Trainer:
         }
 
     def fit(self) -> TrainState:
+        """Train to the epoch limit or the LR rule's stop. The folder is new or cleared, or this resumes its run
+        (train_and_evaluate checks which before any file is touched), so config.json describes this run."""
         cfg, st = self.config, self.state
-        if st.step == 0:
-            self.folder.file(METRICS).unlink(missing_ok=True)  # a fresh run replaces an old log
         self.folder.write_config(cfg)
         if self.splits.vocab is not None:
             self.splits.vocab.save(self.folder.file(VOCAB))
         if self.splits.stats:
-            checkpoint.save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
+            save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
         if st.step == 0:
             self._snapshot(0)
         val_batches = _eval_batches(self.splits.val, cfg)
@@ -333,7 +334,7 @@ class Trainer:
         self._load_best()
         batches = _eval_batches(self.splits.test, self.config)
         e = self.config.eval
-        results = evaluate(self.model, _on(self.device, batches), e.iw_samples, e.iw_chunk)
+        results = evaluate(self.model, _on(self.device, batches), e.iw_samples, e.max_memory_mb)
         results.update(
             method=self.config.train.method,
             train_seconds=self.state.train_seconds,
@@ -345,33 +346,71 @@ class Trainer:
         return results
 
 
-def train_and_evaluate(
-    config: RunConfig, out_dir: Path | str, *, resume: bool = False, bar_position: int = 0
-) -> dict[str, Any]:
-    """Train `config` into `out_dir` (resuming from its last.pt when asked), then test the best model.
+RESUME_MODES = ("no", "yes", "auto")
 
-    On resume the run folder's config.json is the truth: only the fields in RESUMABLE may differ.
+
+def train_and_evaluate(
+    config: RunConfig,
+    out_dir: Path | str,
+    *,
+    resume: bool | str = False,
+    overwrite: bool = False,
+    bar_position: int = 0,
+) -> dict[str, Any]:
+    """Train `config` into `out_dir`, then test the best model; returns final.json's dict.
+
+    A folder that already holds a run (config.json or a checkpoint) is never silently reused:
+    - resume=True ("yes") continues it from last.pt; config.json there is the truth, and only the fields in
+      RESUMABLE may differ from `config`;
+    - resume="auto" continues it when last.pt exists, else starts afresh, provided the folder's config.json
+      (a run killed before its first checkpoint) asks for the same run;
+    - overwrite=True deletes the old run's files first;
+    - otherwise it is a one-line error.
     """
-    if resume:
-        config = _resumed_config(config, RunFolder(out_dir))
+    mode = {True: "yes", False: "no"}.get(resume, resume) if isinstance(resume, bool) else resume
+    if mode not in RESUME_MODES:
+        raise ConfigError(f"unknown resume mode {resume!r}; choose from {', '.join(RESUME_MODES)}")
+    folder = RunFolder(out_dir)
+    if overwrite and mode != "no":
+        raise ConfigError("--overwrite starts a new run and --resume continues one; choose one")
+    if mode == "auto":
+        mode = "yes" if folder.file(LAST).exists() else "no"
+        if mode == "no" and folder.file(CONFIG).exists():
+            _same_run(config, folder)  # refuses a different run; the same one restarts from scratch
+            overwrite = True
+    if mode == "yes":
+        config = _resumed_config(config, folder)
+    elif folder.holds_run():
+        if not overwrite:
+            raise ConfigError(
+                f"{folder.path} already holds a run; --resume continues it, --overwrite deletes it and starts "
+                "again, --resume auto continues it when it can and starts otherwise"
+            )
+        folder.clear()
     trainer = Trainer(config, out_dir, bar_position=bar_position)
-    if resume:
+    if mode == "yes":
         trainer.resume()
     trainer.fit()
     return trainer.test()
 
 
 def _resumed_config(requested: RunConfig, folder: RunFolder) -> RunConfig:
-    saved_path = folder.file(CONFIG)
-    if not saved_path.exists():
-        raise ConfigError(f"nothing to resume: {saved_path} does not exist")
-    saved = load_json(saved_path)
+    """The folder's saved config with the RESUMABLE fields of `requested`; refuses any other difference."""
+    if not folder.file(CONFIG).exists():
+        raise ConfigError(f"nothing to resume: {folder.file(CONFIG)} does not exist")
+    if not folder.file(LAST).exists():
+        raise ConfigError(f"nothing to resume: {folder.file(LAST)} does not exist (--resume auto starts instead)")
+    return _same_run(requested, folder)
+
+
+def _same_run(requested: RunConfig, folder: RunFolder) -> RunConfig:
+    saved = load_json(folder.file(CONFIG))
     flat_saved, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
     changed = [k for k in flat_new if flat_new[k] != flat_saved.get(k) and k not in RESUMABLE]
     if changed:
         raise ConfigError(
-            f"--resume continues the run in {folder.path} as it was configured; these differ: {', '.join(changed)}"
-            f" (only {', '.join(RESUMABLE)} may change)"
+            f"{folder.path} holds a different run; these settings differ: {', '.join(changed)}"
+            f" (a resume may change only {', '.join(RESUMABLE)})"
         )
     for key in RESUMABLE:
         apply_override(saved, f"{key}={flat_new[key]}")

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lagvae.config import ConfigError, RunConfig, save_json
-from lagvae.training.checkpoint import save_json_atomic
+from lagvae.atomic import save_json_atomic
+from lagvae.config import ConfigError, RunConfig, to_dict
 
 CONFIG, VOCAB, METRICS, FINAL = "config.json", "vocab.json", "metrics.jsonl", "final.json"
 DATA_STATS = "data_stats.json"
 BEST, LAST = "best.pt", "last.pt"
 POSTERIOR_PNG, POSTERIOR_NPZ = "posterior_mean.png", "posterior_mean.npz"
+ERROR = "error.txt"  # written by `compare` when a cell fails
+RUN_FILES = (CONFIG, VOCAB, METRICS, FINAL, DATA_STATS, BEST, LAST, POSTERIOR_PNG, POSTERIOR_NPZ, ERROR)
 
 
 class RunFolder:
@@ -22,7 +24,7 @@ class RunFolder:
         self.path = Path(path)
 
     def create(self) -> None:
-        """Make the folder and prove it is writable, with a one-line error otherwise."""
+        """Make the folder and prove it is writable, with a one-line error otherwise; drop orphan temporaries."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -30,12 +32,29 @@ class RunFolder:
             probe.unlink()
         except OSError as err:
             raise ConfigError(f"cannot write to output folder {str(self.path)!r}: {err.strerror}") from None
+        self.remove_orphans()
 
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def holds_run(self) -> bool:
+        """A folder holds a run once it has a config.json or a checkpoint."""
+        return any(self.file(name).exists() for name in (CONFIG, BEST, LAST))
+
+    def remove_orphans(self) -> None:
+        """Delete the temporaries of atomic writes that a kill interrupted (`.<name>.<random>.tmp`)."""
+        for name in RUN_FILES:
+            for orphan in self.path.glob(f".{name}.*.tmp"):
+                orphan.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Delete the run files (and only those) so that a new run can start here."""
+        for name in RUN_FILES:
+            self.file(name).unlink(missing_ok=True)
+        self.remove_orphans()
+
     def write_config(self, config: RunConfig) -> None:
-        save_json(config, self.file(CONFIG))
+        save_json_atomic(to_dict(config), self.file(CONFIG))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.file(METRICS).open("a") as f:
@@ -43,7 +62,16 @@ class RunFolder:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.file(METRICS)
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        if not path.exists():
+            return []
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{path} line {number} is not JSON; the file is damaged") from None
+        return records
 
     def write_final(self, results: dict[str, Any]) -> None:
         save_json_atomic(results, self.file(FINAL))

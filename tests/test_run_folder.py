@@ -1,0 +1,115 @@
+"""Run folders cannot be lost or mixed: refusal, --overwrite, --resume auto, damaged files, orphan temporaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lagvae.cli import main
+from lagvae.experiments.compare import run_grid
+from tests.test_cli import TINY
+
+
+def _train(out, *extra: str, method: str = "vae") -> int:
+    return main(["train", "synthetic", "--method", method, "--out", str(out), *TINY, *extra])
+
+
+def _snapshot(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_a_finished_run_is_never_overwritten_without_a_word(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _train(out) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err and err.count("\n") == 1
+    assert _snapshot(out) == before
+
+
+def test_a_different_run_is_refused_before_any_file_changes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--seed", "3") == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    for how in (["--resume"], ["--resume", "auto"]):
+        assert _train(out, "--seed", "4", *how) == 2
+        assert "train.seed" in capsys.readouterr().err
+        assert _snapshot(out) == before
+
+
+def test_overwrite_replaces_the_old_run(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out, "--seed", "3") == 0
+    (out / ".best.pt.abc123.tmp").write_bytes(b"orphan")
+    assert _train(out, "--seed", "4", "--overwrite") == 0
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] == 4
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_resume_auto_starts_a_new_run_and_continues_an_old_one(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out, "--resume", "auto") == 0  # nothing there: starts
+    first = (out / "metrics.jsonl").read_text()
+    assert _train(out, "--resume", "auto", "--epochs", "3") == 0  # continues from last.pt
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert (out / "metrics.jsonl").read_text().startswith(first)
+    # a run killed before its first checkpoint left only config.json: the same run starts afresh
+    (out / "last.pt").unlink()
+    (out / "best.pt").unlink()
+    assert _train(out, "--resume", "auto") == 0
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt", "config.json"])
+def test_damaged_run_files_are_one_line_errors_naming_the_file(tmp_path, capsys, name):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    path = out / name
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    capsys.readouterr()
+    if name == "last.pt":
+        code = _train(out, "--resume", "--epochs", "3")
+    else:
+        code = main(["eval", str(out), "--iw-samples", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_checkpoint_refused_by_weights_only_is_a_one_line_error(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    torch.save({"model": {}, "epoch": 0, "evil": object()}, out / "best.pt")
+    capsys.readouterr()
+    assert main(["eval", str(out), "--iw-samples", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt" in err and err.count("\n") == 1
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    args = ["train", "text", "--out", str(out), "--set", f"data.path={tmp_path / 'missing'}", "--no-progress"]
+    assert main(args) == 2
+    assert not out.exists()
+
+
+def test_compare_resumes_a_half_trained_cell(tmp_path):
+    grid = tmp_path / "grid"
+    cell = grid / "vae" / "seed0"
+    overrides = [value for flag, value in zip(TINY, TINY[1:], strict=False) if flag == "--set"]
+    # a cell stopped after epoch 0 of 2: last.pt and one metrics record, no final.json
+    assert _train(cell, "--seed", "0", "--epochs", "1") == 0
+    (cell / "final.json").unlink()
+    epoch0 = (cell / "metrics.jsonl").read_text()
+    results = run_grid("synthetic", ["vae"], [0], grid, epochs=2, train_limit=48, overrides=overrides)
+    assert results[("vae", 0)]["ok"], results
+    text = (cell / "metrics.jsonl").read_text()
+    assert text.startswith(epoch0)  # epoch 0 was kept, not retrained
+    assert [json.loads(line)["epoch"] for line in text.splitlines()] == [0, 1]
