@@ -113,3 +113,33 @@ def test_compare_resumes_a_half_trained_cell(tmp_path):
     text = (cell / "metrics.jsonl").read_text()
     assert text.startswith(epoch0)  # epoch 0 was kept, not retrained
     assert [json.loads(line)["epoch"] for line in text.splitlines()] == [0, 1]
+
+
+def test_resume_and_eval_refuse_changed_data(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert set(provenance["data"]) == {"train", "val", "test"} and provenance["world_size"] == 1
+    provenance["data"]["test"] = "0" * 16  # as if the test file had been edited since
+    (out / "provenance.json").write_text(json.dumps(provenance))
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 2
+    assert "test data differ" in capsys.readouterr().err
+    assert _train(out, "--resume", "--epochs", "3") == 2
+
+
+def test_config_schema_is_saved_and_old_files_load_as_version_0(tmp_path):
+    from lagvae.config import SCHEMA_VERSION, load_json
+
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["schema"] == SCHEMA_VERSION
+    del saved["schema"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert load_json(out / "config.json").schema == 0
+    assert _train(out, "--resume", "--epochs", "3") == 0  # an old run still resumes
+    saved["schema"] = SCHEMA_VERSION + 1
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(Exception, match="newer"):
+        load_json(out / "config.json")

@@ -117,10 +117,16 @@ class EvalConfig:
     snapshot_epochs: int = 10  # ... then one at the end of each of the first N epochs
 
 
+# The config.json layout. Files without `schema` are version 0 (before it existed); every key added since
+# defaults to the behaviour such files had. Bump it when a default changes, and translate in load_json.
+SCHEMA_VERSION = 1
+
+
 @dataclass
 class RunConfig:
     """Everything one run needs; saved as config.json in the run folder."""
 
+    schema: int = SCHEMA_VERSION
     preset: str = "synthetic"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -161,6 +167,9 @@ def load_json(path: Path) -> RunConfig:
         raise ConfigError(f"cannot read {path}: {err}; it is damaged or not a lagvae config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"cannot read {path}: not a lagvae config (a JSON object)")
+    data.setdefault("schema", 0)
+    if not isinstance(data["schema"], int) or data["schema"] > SCHEMA_VERSION:
+        raise ConfigError(f"{path} has config schema {data['schema']!r}, newer than this lagvae's {SCHEMA_VERSION}")
     for section, keys in RETIRED.items():
         for key in keys:
             data.get(section, {}).pop(key, None)

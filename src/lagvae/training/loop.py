@@ -26,6 +26,7 @@ from lagvae.plots import plot_posterior_means
 from lagvae.posterior import PosteriorTracker, latent_grid
 from lagvae.training import checkpoint
 from lagvae.training.lr_rule import PlateauHalving
+from lagvae.training.provenance import check_same_data, data_fingerprints, environment
 from lagvae.training.run_folder import (
     BEST,
     CONFIG,
@@ -34,6 +35,7 @@ from lagvae.training.run_folder import (
     METRICS,
     POSTERIOR_NPZ,
     POSTERIOR_PNG,
+    PROVENANCE,
     VOCAB,
     RunFolder,
 )
@@ -44,6 +46,7 @@ from lagvae.training.strategies import STRATEGIES, JointStrategy, plain_kl
 KL_TERMS = ("plain", "free-bits")
 # Settings a resumed run may change; anything else must match the run folder's config.json.
 RESUMABLE = ("train.epochs", "threads", "progress", "device")
+TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one syncs with the device)
 
 
@@ -146,6 +149,7 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.splits: Splits = build_data(config.data, vocab)
         self.folder.create()  # only once the data loaded: a bad corpus leaves no empty folder behind
+        self.fingerprints = data_fingerprints(self.splits)
         vocab_size = len(self.splits.vocab) if self.splits.vocab is not None else 0
         self.model = build_model(config.model, vocab_size).to(self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
@@ -186,6 +190,7 @@ class Trainer:
         path = self.folder.file(LAST)
         if not path.exists():
             raise ConfigError(f"nothing to resume: {path} does not exist")
+        self.check_data()
         ckpt = checkpoint.load(path, self.device)
         try:
             self.model.load_state_dict(ckpt["model"])
@@ -212,6 +217,12 @@ class Trainer:
             self.tracker.epochs = saved["epoch"][keep].tolist()
             self.tracker.true_means = list(saved["true_mean"][keep])
             self.tracker.encoder_means = list(saved["encoder_mean"][keep])
+
+    def check_data(self) -> None:
+        """Refuse data that differ from the run's (runs from before provenance.json are not checked)."""
+        saved = self.folder.read_json(PROVENANCE)
+        if saved is not None and "data" in saved:
+            check_same_data(saved["data"], self.fingerprints, self.folder.path)
 
     def _load_best(self) -> None:
         self.model.load_state_dict(checkpoint.load(self.folder.file(BEST), self.device)["model"])
@@ -279,6 +290,8 @@ class Trainer:
         (train_and_evaluate checks which before any file is touched), so config.json describes this run."""
         cfg, st = self.config, self.state
         self.folder.write_config(cfg)
+        if st.step == 0:
+            save_json_atomic({**environment(self.device), "data": self.fingerprints}, self.folder.file(PROVENANCE))
         if self.splits.vocab is not None:
             self.splits.vocab.save(self.folder.file(VOCAB))
         if self.splits.stats:
@@ -334,13 +347,18 @@ class Trainer:
         self._load_best()
         batches = _eval_batches(self.splits.test, self.config)
         e = self.config.eval
-        results = evaluate(self.model, _on(self.device, batches), e.iw_samples, e.max_memory_mb)
+        # The test draws from its own seeded stream, so `eval` reproduces final.json whatever training drew.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.train.seed + TEST_SEED_OFFSET)
+            results = evaluate(self.model, _on(self.device, batches), e.iw_samples, e.max_memory_mb)
         results.update(
             method=self.config.train.method,
             train_seconds=self.state.train_seconds,
             epochs=len(self.state.history),
             best_epoch=self.state.best_epoch,
             iw_samples=e.iw_samples,
+            provenance={**environment(self.device), "data": self.fingerprints},
         )
         self.folder.write_final(results)
         return results
@@ -406,7 +424,8 @@ def _resumed_config(requested: RunConfig, folder: RunFolder) -> RunConfig:
 def _same_run(requested: RunConfig, folder: RunFolder) -> RunConfig:
     saved = load_json(folder.file(CONFIG))
     flat_saved, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
-    changed = [k for k in flat_new if flat_new[k] != flat_saved.get(k) and k not in RESUMABLE]
+    # `schema` says how the saved file was written, not how the run trains
+    changed = [k for k in flat_new if flat_new[k] != flat_saved.get(k) and k not in (*RESUMABLE, "schema")]
     if changed:
         raise ConfigError(
             f"{folder.path} holds a different run; these settings differ: {', '.join(changed)}"
@@ -450,6 +469,7 @@ def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str
     if iw_samples is not None:
         config.eval.iw_samples = iw_samples
     trainer = Trainer(config, run_dir, vocab=_saved_vocab(folder))
+    trainer.check_data()
     history = folder.read_metrics()
     trainer.state = TrainState(
         train_seconds=history[-1]["train_seconds"] if history else 0.0,

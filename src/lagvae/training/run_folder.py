@@ -14,7 +14,8 @@ DATA_STATS = "data_stats.json"
 BEST, LAST = "best.pt", "last.pt"
 POSTERIOR_PNG, POSTERIOR_NPZ = "posterior_mean.png", "posterior_mean.npz"
 ERROR = "error.txt"  # written by `compare` when a cell fails
-RUN_FILES = (CONFIG, VOCAB, METRICS, FINAL, DATA_STATS, BEST, LAST, POSTERIOR_PNG, POSTERIOR_NPZ, ERROR)
+PROVENANCE = "provenance.json"  # versions, device and data hashes at the run's start
+RUN_FILES = (CONFIG, VOCAB, METRICS, FINAL, DATA_STATS, BEST, LAST, POSTERIOR_PNG, POSTERIOR_NPZ, ERROR, PROVENANCE)
 
 
 class RunFolder:
@@ -75,3 +76,16 @@ class RunFolder:
 
     def write_final(self, results: dict[str, Any]) -> None:
         save_json_atomic(results, self.file(FINAL))
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON run file as a dict, None when absent; a damaged one is a one-line error naming it."""
+        path = self.file(name)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read {path}: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"cannot read {path}: not a JSON object")
+        return data
