@@ -146,9 +146,9 @@ class Row:
         return "| " + " | ".join(map(str, cells)) + " |"
 
 
-def bench_preset(name: str, threads: int, seconds: float, iw_examples: int, tmp: str) -> list[Row]:
+def bench_preset(name: str, threads: int, seconds: float, iw_pool: int, tmp: str) -> list[Row]:
     preset, size = PRESETS[name]
-    overrides = ["eval.posterior_points=0", "data.train_limit=4000", "data.eval_limit=200"]
+    overrides = ["eval.posterior_points=0", "data.train_limit=4000", "data.eval_limit=400"]
     config = make_config(preset, "aggressive", size=size, overrides=overrides)
     config.progress, config.threads = False, threads
     torch.manual_seed(0)
@@ -189,20 +189,22 @@ def bench_preset(name: str, threads: int, seconds: float, iw_examples: int, tmp:
     index = iter(range(10**9))
     stale_ms = per_call_ms(lambda x: strategy.encoder_step(x, 1.0, next(index) % 15), batches, seconds)  # type: ignore[attr-defined]
     rows.append(Row(name, threads, "encoder-only step, option agg_dec_norm_every=15", rows[1].ref_ms, stale_ms))
-    sentences = [s for s in agg.splits.test.first(iw_examples)]
-    singles = [s[: int((s != PAD_ID).sum())].unsqueeze(0) for s in sentences]
+    # IW on one test batch of typical length: the real test sorts sentences by length into batches, so the
+    # batch is the one in the middle of the first `iw_pool` test sentences; the reference takes its
+    # sentences one at a time, unpadded.
+    eval_batch = config.eval.batch_size or config.train.batch_size
+    pool = list(agg.splits.test.head(iw_pool).batches(eval_batch, shuffle=False))
+    batch = pool[len(pool) // 2]
+    singles = [s[: int((s != PAD_ID).sum())].unsqueeze(0) for s in batch]
     enc.eval(), dec.eval(), agg.model.eval()
     ref_ms = per_call_ms(lambda x: ref_iw_nll(enc, dec, x, 500), singles, seconds)
-    eval_batch = config.eval.batch_size or config.train.batch_size
-    test_batches = list(agg.splits.test.head(iw_examples).batches(eval_batch, shuffle=False))
     budget = config.eval.max_memory_mb
 
     def lagvae_iw(x: Tensor) -> None:
         with torch.no_grad():
             iw_log_likelihood(agg.model, x, 500, budget)
 
-    lagvae_batch_ms = per_call_ms(lagvae_iw, test_batches, seconds)
-    per_example = lagvae_batch_ms * len(test_batches) / iw_examples
+    per_example = per_call_ms(lagvae_iw, [batch], seconds) / batch.shape[0]
     rows.append(Row(name, threads, "IW-NLL K=500, per sentence", ref_ms, per_example))
     if name == "ptb-small":
         rows.append(matmul_floor_row(name, threads, joint, batches, rows[0].lagvae_ms))
@@ -243,14 +245,14 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=8.0, help="time per measurement")
-    parser.add_argument("--iw-examples", type=int, default=32, help="test sentences in the IW measurement")
+    parser.add_argument("--iw-pool", type=int, default=320, help="test sentences bucketed for the IW batch")
     parser.add_argument("--tmp", default="/tmp/lagvae-bench-reference")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {args.seconds:.0f} s per measurement; speed-up = reference ms / lagvae ms")
     rows = []
     for threads in args.threads:
         for name in args.presets:
-            rows += bench_preset(name, threads, args.seconds, args.iw_examples, args.tmp)
+            rows += bench_preset(name, threads, args.seconds, args.iw_pool, args.tmp)
     print("| preset | threads | what | reference ms | lagvae ms | speed-up |")
     print("|---|---|---|---|---|---|")
     for row in rows:

@@ -16,7 +16,7 @@ for step in ${@:-synthetic ptb}; do
           --set train.agg_dec_norm_every=$every --set eval.posterior_points=0 ;;
       ptb)  # the reduced PTB setting of docs/RESULTS.md (scripts/reproduce_real.sh)
         time $L compare ptb --size cpu --methods aggressive-anneal --epochs 10 --train-limit 5000 --jobs 1 \
-          --out "runs/fidelity/ptb-every$every" --set data.max_vocab=5000 --set data.eval_limit=1000 \
+          --out "runs/fidelity/ptb-every$every" --set data.max_vocab=5000 --set data.eval_limit=1000 --set data.vocab_from=all \
           --set train.agg_dec_norm_every=$every ;;
       *) echo "unknown step $step" >&2; exit 2 ;;
     esac

@@ -123,3 +123,26 @@ def test_train_sample_reconstruct_interpolate_on_a_user_corpus(tmp_path, capsys)
     assert main(["interpolate", str(out), "the cat sat", "a dog ran", "--steps", "4", "--decode", "sample"]) == 0
     assert capsys.readouterr().out.count("\n") == 4
     assert main(["eval", str(out), "--iw-samples", "4"]) == 0
+
+
+@pytest.mark.parametrize("vocab_from", ["used", "all"])
+def test_vocabulary_and_counts_come_from_the_training_part_in_use(tmp_path, vocab_from):
+    corpus = str(_corpus(tmp_path))
+    config = DataConfig(name="text", path=corpus, train_limit=2, vocab_from=vocab_from)
+    splits = build_data(config)
+    assert len(splits.train) == 2  # "the cat sat on the mat", "a dog sat"
+    assert ("ran" in splits.vocab.stoi) == (vocab_from == "all")  # "ran" only appears in the 3rd document
+    assert splits.stats["unknown_tokens"]["train"] == 0  # counted over the two documents that train
+    with pytest.raises(ConfigError, match="vocab_from"):
+        build_data(DataConfig(name="text", path=corpus, vocab_from="some"))
+
+
+def test_the_corpus_summary_is_printed_at_start_and_quiet_prints_nothing(tmp_path, capsys):
+    corpus = _corpus(tmp_path)
+    common = ["--epochs", "1", "--threads", "1", "--set", f"data.path={corpus}", "--set", "eval.iw_samples=2"]
+    assert main(["train", "text", "--size", "cpu", "--out", str(tmp_path / "a"), "--no-progress", *common]) == 0
+    err = capsys.readouterr().err
+    assert "vocabulary: " in err and "train: 4 documents" in err and "% of " in err and "empty lines skipped" in err
+    assert main(["train", "text", "--size", "cpu", "--out", str(tmp_path / "b"), "--quiet", *common]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""

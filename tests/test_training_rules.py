@@ -127,3 +127,64 @@ def test_plateau_halving_waits_for_min_epoch_and_patience_then_stops():
     # epoch 2 is the 1st bad epoch, epoch 3 the 2nd (and >= min_epoch): decay; patience restarts
     assert [d.decay for d in decisions] == [False, False, False, True, False, False, False, True]
     assert [d.stop for d in decisions][-1] and rule.lr == 0.25 and rule.decays == 2
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records every refresh and the postfix it showed."""
+
+    shown: list[dict] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.n = 0
+        self.postfix: dict = {}
+
+    def set_postfix(self, postfix, refresh=True) -> None:
+        self.postfix = dict(postfix)
+
+    def update(self, n) -> None:
+        self.n += n
+
+    def refresh(self) -> None:
+        _RecordingBar.shown.append(self.postfix)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_trainer(tmp_path, method: str):
+    from lagvae.experiments.presets import make_config
+    from lagvae.training.loop import Trainer
+
+    overrides = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "eval.posterior_points=0"]
+    config = make_config("synthetic", method, overrides=overrides)
+    config.threads = 1
+    return Trainer(config, tmp_path / method)
+
+
+def test_progress_refreshes_by_the_clock_not_by_step_count(tmp_path, monkeypatch):
+    import lagvae.training.loop as loop
+
+    monkeypatch.setattr(loop, "tqdm", _RecordingBar)
+    trainer = _progress_trainer(tmp_path, "vae")
+    trainer.clock = lambda: 0.0  # time stands still: one refresh, at the end of the epoch (4 steps)
+    _RecordingBar.shown = []
+    trainer._train_epoch(0)
+    assert len(_RecordingBar.shown) == 1
+    ticks = iter(range(0, 10_000, 3))  # 3 s pass between any two looks at the clock: every step refreshes
+    trainer.clock = lambda: float(next(ticks))
+    _RecordingBar.shown = []
+    trainer._train_epoch(1)
+    assert len(_RecordingBar.shown) == 4
+
+
+def test_progress_shows_inner_steps_as_they_happen(tmp_path, monkeypatch):
+    import lagvae.training.loop as loop
+
+    monkeypatch.setattr(loop, "tqdm", _RecordingBar)
+    trainer = _progress_trainer(tmp_path, "aggressive")
+    ticks = iter(range(0, 100_000, 3))
+    trainer.clock = lambda: float(next(ticks))
+    _RecordingBar.shown = []
+    trainer._train_epoch(0)
+    live = [p["inner"] for p in _RecordingBar.shown if p["inner"].endswith("now")]
+    assert live[:3] == ["1 now", "2 now", "3 now"]  # the first outer step's encoder-only steps, one by one

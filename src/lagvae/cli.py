@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--beta", type=float, help="KL weight of the beta method (train.beta)")
     train.add_argument("--target", type=float, help="free-bits lambda in nats per dimension (train.free_bits)")
     train.add_argument("--threads", type=_positive_int, help="CPU threads (default: chosen from model size)")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (the corpus summary stays)")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors (for scripts)")
     train.add_argument(
         "--set",
         dest="overrides",
@@ -150,12 +152,13 @@ def _train(args: argparse.Namespace) -> None:
         config.train.free_bits = args.target
     if args.threads:
         config.threads = args.threads
-    if args.no_progress:
+    if args.no_progress or args.quiet:
         config.progress = False
     out = args.out or Path("runs") / f"{args.preset}-{args.method}"
     results = train_and_evaluate(config, out, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps(results, indent=2))
-    print(f"run folder: {out}")
+    if not args.quiet:
+        print(json.dumps(results, indent=2))
+        print(f"run folder: {out}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -287,8 +290,28 @@ COMMANDS = {
 }
 
 
+class _TqdmHandler(logging.Handler):
+    """Log lines through tqdm.write, so they print above the progress bars instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("lagvae")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("lagvae: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
     try:
         COMMANDS[args.command](args)
     except LagvaeError as err:

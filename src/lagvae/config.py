@@ -44,6 +44,7 @@ class DataConfig:
     min_freq: int = 1
     max_len: int = 0  # tokens per document, 0: no limit
     overflow: str = "truncate"  # what happens to longer documents: truncate | drop
+    vocab_from: str = "used"  # text: vocabulary and statistics from the used training part (train_limit) | all
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
     lr_patience: int = 2  # epochs without validation improvement before a decay
     lr_decay_min_epoch: int = 15  # no decay before this epoch (the paper's text setting)
     max_decays: int = 5
+    checkpoint_minutes: float = 10.0  # also write last.pt inside an epoch this often (0: only at epoch ends)
 
 
 @dataclass
@@ -168,6 +170,8 @@ def load_json(path: Path) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"cannot read {path}: not a lagvae config (a JSON object)")
     data.setdefault("schema", 0)
+    if data["schema"] == 0 and isinstance(data.get("data"), dict):
+        data["data"].setdefault("vocab_from", "all")  # schema 0 built the vocabulary from the whole file
     if not isinstance(data["schema"], int) or data["schema"] > SCHEMA_VERSION:
         raise ConfigError(f"{path} has config schema {data['schema']!r}, newer than this lagvae's {SCHEMA_VERSION}")
     for section, keys in RETIRED.items():

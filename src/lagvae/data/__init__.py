@@ -23,6 +23,8 @@ class BatchSource(Protocol):
     def __iter__(self) -> Iterator[Tensor]: ...
     def __len__(self) -> int: ...
     def sample(self) -> Tensor: ...
+    def epoch_order(self) -> list[Tensor]: ...
+    def resume_epoch(self, order: list[Tensor], start: int) -> Iterator[Tensor]: ...
 
 
 class Dataset(Protocol):
@@ -116,3 +118,29 @@ def build_data(config: DataConfig, vocab: Vocab | None = None) -> Splits:
             raise ConfigError("eval_limit must be positive")
         splits.val, splits.test = splits.val.head(config.eval_limit), splits.test.head(config.eval_limit)
     return splits
+
+
+def describe(splits: Splits) -> list[str]:
+    """The corpus summary printed when a run starts: sizes, lengths, and (text) vocabulary coverage and losses."""
+    lines = []
+    if splits.vocab is not None:
+        lines.append(f"vocabulary: {len(splits.vocab):,} words (with <pad>, <s>, </s>, <unk>)")
+    stats = splits.stats
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        if isinstance(split, TextSet):
+            lengths = (split.lengths - 2).float()  # without <s> and </s>
+            q = torch.quantile(lengths, torch.tensor([0.5, 0.95])).tolist()
+            words = int(lengths.sum())
+            key = "valid" if name == "val" else name
+            count = {k: stats.get(k, {}).get(key, 0) for k in ("unknown_tokens", "truncated", "dropped", "empty_lines")}
+            coverage = 100.0 * (1 - count["unknown_tokens"] / max(words, 1))
+            lines.append(
+                f"{name}: {len(split):,} documents, length median {q[0]:.0f}, 95% {q[1]:.0f}, max "
+                f"{int(lengths.max())}; {coverage:.1f}% of {words:,} words known ({count['unknown_tokens']:,} <unk>); "
+                f"{count['truncated']:,} truncated, {count['dropped']:,} dropped, "
+                f"{count['empty_lines']:,} empty lines skipped"
+            )
+        else:
+            lines.append(f"{name}: {len(split):,} examples")
+    return lines

@@ -38,6 +38,16 @@ class IndexBatches:
         for idx in self._batches:
             yield self._gather(idx)
 
+    def epoch_order(self) -> list[Tensor]:
+        """The current epoch's batches as index tensors (a mid-epoch checkpoint saves them)."""
+        return list(self._batches)
+
+    def resume_epoch(self, order: list[Tensor], start: int) -> Iterator[Tensor]:
+        """Continue an epoch cut as `order` from its batch `start` (the generator state must be restored too)."""
+        self._batches = list(order)
+        for idx in self._batches[start:]:
+            yield self._gather(idx)
+
     def sample(self) -> Tensor:
         """A random minibatch of the current epoch (the aggressive inner loop's fresh data)."""
         if not self._batches:

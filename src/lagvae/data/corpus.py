@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 from collections import Counter
@@ -13,9 +12,10 @@ from pathlib import Path
 from lagvae.config import ConfigError, DataConfig
 from lagvae.data.text import TextSet, Vocab
 
-log = logging.getLogger(__name__)
-
 SPLIT_NAMES = ("train", "valid", "test")
+# used: the vocabulary and training statistics come from the training documents a run uses (after
+# data.train_limit); all: from the whole training file (lagvae before config schema 1)
+VOCAB_FROM = ("used", "all")
 YELP_FILES = ("sentiment.dev.0", "sentiment.dev.1", "sentiment.test.0", "sentiment.test.1")
 YELP_SIZES = (100_000, 10_000, 10_000)  # the paper's Yelp split sizes
 
@@ -101,18 +101,12 @@ def encode_corpus(
         raise ConfigError(f"unknown overflow {config.overflow!r}; choose truncate or drop")
     stats = CorpusStats()
     docs = {split: split_documents(raw[split], split, stats) for split in SPLIT_NAMES}
+    if config.vocab_from not in VOCAB_FROM:
+        raise ConfigError(f"unknown data.vocab_from {config.vocab_from!r}; choose from {', '.join(VOCAB_FROM)}")
+    if config.train_limit is not None and config.train_limit > 0 and config.vocab_from == "used":
+        docs["train"] = docs["train"][: config.train_limit]  # vocabulary and counts from what trains
     vocab = vocab or build_vocab(docs["train"], config.max_vocab, config.min_freq)
     sets = {s: encode_documents(docs[s], vocab, config.max_len, config.overflow, s, stats) for s in SPLIT_NAMES}
-    for split in SPLIT_NAMES:
-        log.info(
-            "%s: %d documents, %d empty lines skipped, %d truncated, %d dropped, %d unknown tokens",
-            split,
-            len(sets[split]),
-            stats.empty_lines[split],
-            stats.truncated[split],
-            stats.dropped[split],
-            stats.unknown_tokens[split],
-        )
     return sets, vocab, stats
 
 

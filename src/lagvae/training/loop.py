@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -17,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import ConfigError, LagvaeError, RunConfig, apply_override, load_json, to_dict
-from lagvae.data import BatchSource, Dataset, Splits, build_data
+from lagvae.data import BatchSource, Dataset, Splits, build_data, describe
 from lagvae.data.text import Vocab
 from lagvae.metrics import evaluate
 from lagvae.models import VAE, build_model
@@ -43,15 +47,20 @@ from lagvae.training.runtime import resolve_device, setup_runtime
 from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES, kl_weight
 from lagvae.training.strategies import STRATEGIES, JointStrategy, plain_kl
 
+log = logging.getLogger("lagvae")
 KL_TERMS = ("plain", "free-bits")
 # Settings a resumed run may change; anything else must match the run folder's config.json.
-RESUMABLE = ("train.epochs", "threads", "progress", "device")
+RESUMABLE = ("train.epochs", "train.checkpoint_minutes", "threads", "progress", "device")
 TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
-PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one syncs with the device)
+REFRESH_SECONDS = 2.0  # the progress bar refreshes (and syncs with the device) at most this often
 
 
 class NonFiniteLossError(LagvaeError):
     """Training produced NaN/inf; the last good checkpoint is kept on disk."""
+
+
+class Preempted(LagvaeError):
+    """SIGTERM arrived: a checkpoint was written at the next step boundary, and the run stopped."""
 
 
 def validate(config: RunConfig) -> None:
@@ -76,7 +85,7 @@ def validate(config: RunConfig) -> None:
         if not value > 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     non_negative = {"model.latent_dim": config.model.latent_dim, "eval.iw_samples": e.iw_samples}
-    non_negative |= {"train.agg_mi_patience": t.agg_mi_patience}
+    non_negative |= {"train.agg_mi_patience": t.agg_mi_patience, "train.checkpoint_minutes": t.checkpoint_minutes}
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
     for key, value in non_negative.items():
         if not value >= 0:
@@ -150,6 +159,8 @@ class Trainer:
         self.splits: Splits = build_data(config.data, vocab)
         self.folder.create()  # only once the data loaded: a bad corpus leaves no empty folder behind
         self.fingerprints = data_fingerprints(self.splits)
+        for line in describe(self.splits):
+            log.info(line)
         vocab_size = len(self.splits.vocab) if self.splits.vocab is not None else 0
         self.model = build_model(config.model, vocab_size).to(self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
@@ -160,6 +171,9 @@ class Trainer:
         self.state = TrainState()
         self.tracker = self._make_tracker()
         self.bar_position = bar_position
+        self.clock: Callable[[], float] = time.monotonic  # tests inject a fake clock
+        self._partial_epoch: dict[str, Any] | None = None  # set by resume() from a mid-epoch last.pt
+        self._stop_requested = False  # set by SIGTERM: checkpoint at the next step, then stop
 
     def _make_tracker(self) -> PosteriorTracker | None:
         e = self.config.eval
@@ -169,10 +183,13 @@ class Trainer:
         return PosteriorTracker(x, latent_grid(self.config.model.latent_dim, e.posterior_grid, e.posterior_range))
 
     # ---- checkpoints -------------------------------------------------------------------------------------
-    def _save_last(self) -> None:
+    def _save_last(self, partial_epoch: dict[str, Any] | None = None) -> None:
+        """last.pt: everything a resume needs; `partial_epoch` (the epoch's batch order, position and running
+        sums) when it is written inside an epoch."""
         s = self.strategy
         checkpoint.save_atomic(
             {
+                "partial_epoch": partial_epoch,
                 "model": self.model.state_dict(),
                 "optimizers": [opt.state_dict() for opt in s.optimizers()],
                 "strategy": s.state_dict(),
@@ -205,6 +222,7 @@ class Trainer:
         if ckpt["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([state.cpu() for state in ckpt["cuda_rng"]])
         self.generator.set_state(ckpt["data_rng"].cpu())
+        self._partial_epoch = ckpt.get("partial_epoch")
         # A crash after an epoch's records but before last.pt would otherwise leave them twice.
         self.folder.file(METRICS).unlink(missing_ok=True)
         for record in self.state.history:
@@ -217,6 +235,18 @@ class Trainer:
             self.tracker.epochs = saved["epoch"][keep].tolist()
             self.tracker.true_means = list(saved["true_mean"][keep])
             self.tracker.encoder_means = list(saved["encoder_mean"][keep])
+
+    def _progress(self, batches: BatchSource, desc: str) -> Iterable[Tensor]:
+        """The batches on the device, behind a bar with an ETA (evaluation can take minutes)."""
+        return tqdm(
+            _on(self.device, batches),
+            total=len(batches),
+            desc=desc,
+            disable=not self.config.progress,
+            position=self.bar_position,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def check_data(self) -> None:
         """Refuse data that differ from the run's (runs from before provenance.json are not checked)."""
@@ -250,32 +280,71 @@ class Trainer:
         )
         loss_sum = torch.zeros((), device=self.device)
         inner_sum, count, beta, seconds = 0, 0, 1.0, 0.0
+        partial, self._partial_epoch = self._partial_epoch, None
+        if partial is not None:  # resuming inside this epoch, from a mid-epoch last.pt
+            count, inner_sum, beta, seconds = (
+                partial["count"],
+                partial["inner_sum"],
+                partial["beta"],
+                partial["seconds"],
+            )
+            loss_sum += partial["loss_sum"]
+            batches = self.train_batches.resume_epoch(partial["order"], count)
+        else:
+            batches = iter(self.train_batches)
+        last_shown = last_saved = self.clock()
+        save_every = 60.0 * cfg.train.checkpoint_minutes
+
+        def show(inner_now: int | None = None) -> None:
+            """Refresh the bar (one host sync), at most every REFRESH_SECONDS and at the epoch's end."""
+            nonlocal last_shown
+            last_shown = self.clock()
+            mean_loss = float(loss_sum) / max(count, 1)
+            if count and not np.isfinite(mean_loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss at step {st.step}; checkpoints already saved in "
+                    f"{self.folder.path} are intact (try a lower train.lr or train.clip_grad)"
+                )
+            postfix = {"loss": f"{mean_loss:.2f}", "kl_w": f"{beta:.2f}"}
+            postfix["agg"] = "on" if self.strategy.aggressive else "off"
+            postfix["inner"] = f"{inner_sum / max(count, 1):.1f}" if inner_now is None else f"{inner_now} now"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(count - bar.n)
+            bar.refresh()
+
+        def on_inner_step(inner_now: int) -> None:
+            if self.clock() - last_shown >= REFRESH_SECONDS:
+                show(inner_now)
+
+        self.strategy.on_inner_step = on_inner_step if cfg.progress else None
         start = time.perf_counter()
-        for x in _on(self.device, self.train_batches):
+        bar.update(count)
+        for x in (b.to(self.device, non_blocking=True) for b in batches):
             beta = kl_weight(st.step, cfg.train, iters)
             stats = self.strategy.step(x, beta)
             st.step += 1
             loss_sum += stats.loss
             inner_sum += stats.inner_steps
             count += 1
-            if count % PROGRESS_EVERY == 0 or count == iters:
-                mean_loss = float(loss_sum) / count
-                if not np.isfinite(mean_loss):
-                    raise NonFiniteLossError(
-                        f"non-finite training loss at step {st.step}; checkpoints already saved in "
-                        f"{self.folder.path} are intact (try a lower train.lr or train.clip_grad)"
-                    )
-                bar.set_postfix(
-                    loss=f"{mean_loss:.2f}",
-                    kl_w=f"{beta:.2f}",
-                    agg="on" if self.strategy.aggressive else "off",
-                    inner=f"{inner_sum / count:.1f}",
-                )
-                bar.update(count - bar.n)
+            if count == iters or self.clock() - last_shown >= REFRESH_SECONDS:
+                show()
             if epoch == 0 and snap_every and st.step % snap_every == 0 and st.step < iters:
                 seconds += time.perf_counter() - start
                 self._snapshot(epoch)
                 start = time.perf_counter()
+            due = save_every > 0 and self.clock() - last_saved >= save_every
+            if count < iters and (due or self._stop_requested):
+                partial = {"order": self.train_batches.epoch_order(), "count": count, "inner_sum": inner_sum}
+                partial |= {"beta": beta, "loss_sum": float(loss_sum)}
+                partial["seconds"] = seconds + time.perf_counter() - start
+                self._save_last(partial)
+                last_saved = self.clock()
+                if self._stop_requested:
+                    bar.close()
+                    raise Preempted(
+                        f"stopped by SIGTERM after step {st.step} (epoch {epoch}); {self.folder.file(LAST)} holds it: "
+                        "rerun with --resume to continue"
+                    )
         seconds += time.perf_counter() - start
         bar.close()
         return {
@@ -299,13 +368,19 @@ class Trainer:
         if st.step == 0:
             self._snapshot(0)
         val_batches = _eval_batches(self.splits.val, cfg)
+        with _sigterm_sets(self):
+            self._epochs(val_batches)
+        return st
+
+    def _epochs(self, val_batches: BatchSource) -> None:
+        cfg, st = self.config, self.state
         while st.epoch < cfg.train.epochs and not st.stopped:
             epoch = st.epoch
             aggressive = self.strategy.aggressive
             lr = self.lr_rule.lr
             train = self._train_epoch(epoch)
             start = time.perf_counter()
-            val = evaluate(self.model, _on(self.device, val_batches))
+            val = evaluate(self.model, self._progress(val_batches, f"validation after epoch {epoch}"))
             if not np.isfinite(val["elbo"]):
                 raise NonFiniteLossError(
                     f"non-finite validation ELBO after epoch {epoch}; "
@@ -340,7 +415,6 @@ class Trainer:
                 self._snapshot(epoch)
             st.stopped = decision.stop
             self._save_last()
-        return st
 
     def test(self) -> dict[str, Any]:
         """Reload the best-validation model and write final.json with IW-NLL (K = eval.iw_samples) on test."""
@@ -351,7 +425,8 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.train.seed + TEST_SEED_OFFSET)
-            results = evaluate(self.model, _on(self.device, batches), e.iw_samples, e.max_memory_mb)
+            desc = f"test (IW, K = {e.iw_samples})"
+            results = evaluate(self.model, self._progress(batches, desc), e.iw_samples, e.max_memory_mb)
         results.update(
             method=self.config.train.method,
             train_seconds=self.state.train_seconds,
@@ -365,6 +440,23 @@ class Trainer:
 
 
 RESUME_MODES = ("no", "yes", "auto")
+
+
+@contextmanager
+def _sigterm_sets(trainer: Trainer) -> Iterator[None]:
+    """While training, SIGTERM (a scheduler's preemption) asks for a checkpoint at the next step boundary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        trainer._stop_requested = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train_and_evaluate(

@@ -52,6 +52,8 @@ class JointStrategy:
         self.clip_grad = clip_grad
         self.kl_term = kl_term
         self.grads = FlatGrads(model.encoder, model.decoder)
+        # called with the running count after every encoder-only step (the trainer's progress display)
+        self.on_inner_step: Callable[[int], None] | None = None
 
     @classmethod
     def from_config(
@@ -193,6 +195,8 @@ class AggressiveStrategy(JointStrategy):
         stopper = InnerLoopStop(self.window, self.max_inner)
         batch = x  # the first inner batch is the current one, later ones are random
         while not stopper.update(self.encoder_step(batch, kl_weight, stopper.steps), self.model.n_units(batch)):
+            if self.on_inner_step is not None:
+                self.on_inner_step(stopper.steps)
             batch = self.sample_batch()
         loss, rec, kl = self._loss(x, kl_weight)
         self._update(loss.mean(), (self.dec_opt,))

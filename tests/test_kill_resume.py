@@ -1,0 +1,80 @@
+"""Kill a real training process anywhere (SIGKILL, or SIGTERM as a scheduler does) and resume: same run, exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# 10 outer steps an epoch, aggressive mode on, last.pt written after every step (checkpoint_minutes tiny)
+ARGS = [
+    "--method", "aggressive", "--epochs", "3", "--train-limit", "160", "--no-progress", "--threads", "1",
+    "--set", "data.n_train=160", "--set", "data.n_val=32", "--set", "data.n_test=16", "--set", "eval.iw_samples=8",
+    "--set", "eval.posterior_points=0", "--set", "train.checkpoint_minutes=1e-6", "--set", "train.agg_max_inner=30",
+]  # fmt: skip
+TIMES = ("train_seconds", "seconds")
+
+
+def _command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lagvae.cli", "train", "synthetic", "--out", str(out), *ARGS, *extra]
+
+
+def _outcome(out: Path) -> tuple[list[dict], dict]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((out / "final.json").read_text())
+    strip = lambda d: {k: v for k, v in d.items() if k not in TIMES and k != "provenance"}  # noqa: E731
+    return [strip(r) for r in records], strip(final)
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, epoch: int, position: int) -> None:
+    """Poll last.pt until it was written inside `epoch` at step `position` or later of that epoch."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run finished before the kill point"
+        try:
+            ckpt = torch.load(out / "last.pt", weights_only=True)
+        except (FileNotFoundError, RuntimeError, EOFError):
+            ckpt = None
+        partial = ckpt and ckpt["partial_epoch"]
+        if partial and ckpt["state"]["epoch"] == epoch and partial["count"] >= position:
+            return
+        time.sleep(0.005)
+    raise AssertionError("no checkpoint at the kill point")
+
+
+def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_run(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    assert subprocess.run(_command(reference), capture_output=True).returncode == 0
+    expected = _outcome(reference)
+    assert expected[0][0]["aggressive"] and expected[0][1]["aggressive"]  # the kills land in aggressive mode
+    for epoch, position in ((0, 2), (1, 4)):  # inside epoch 0, and mid-epoch in a later epoch
+        out = tmp_path / f"killed-{epoch}"
+        proc = subprocess.Popen(_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_checkpoint(proc, out, epoch, position)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        resumed = subprocess.run(_command(out, "--resume"), capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        assert _outcome(out) == expected
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_stops_with_one_line(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    assert subprocess.run(_command(reference), capture_output=True).returncode == 0
+    out = tmp_path / "preempted"
+    proc = subprocess.Popen(_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(proc, out, 1, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    errors = [line for line in err.splitlines() if "error" in line]  # the corpus summary precedes it
+    assert proc.returncode == 2 and len(errors) == 1 and "stopped by SIGTERM" in errors[0], err
+    assert "Traceback" not in err
+    assert torch.load(out / "last.pt", weights_only=True)["partial_epoch"] is not None
+    resumed = subprocess.run(_command(out, "--resume", "auto"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _outcome(out) == _outcome(reference)
