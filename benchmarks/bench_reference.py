@@ -183,12 +183,6 @@ def bench_preset(name: str, threads: int, seconds: float, iw_pool: int, tmp: str
             per_call_ms(lambda x: agg.strategy.encoder_step(x, 1.0), batches, seconds),  # type: ignore[attr-defined]
         ),
     ]
-    # The option train.agg_dec_norm_every=15: one inner step in 15 backpropagates into the decoder's weights.
-    strategy = agg.strategy
-    strategy.dec_norm_every = 15  # type: ignore[attr-defined]
-    index = iter(range(10**9))
-    stale_ms = per_call_ms(lambda x: strategy.encoder_step(x, 1.0, next(index) % 15), batches, seconds)  # type: ignore[attr-defined]
-    rows.append(Row(name, threads, "encoder-only step, option agg_dec_norm_every=15", rows[1].ref_ms, stale_ms))
     # IW on one test batch of typical length: the real test sorts sentences by length into batches, so the
     # batch is the one in the middle of the first `iw_pool` test sentences; the reference takes its
     # sentences one at a time, unpadded.

@@ -146,3 +146,52 @@ def test_the_corpus_summary_is_printed_at_start_and_quiet_prints_nothing(tmp_pat
     assert main(["train", "text", "--size", "cpu", "--out", str(tmp_path / "b"), "--quiet", *common]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_generation_caps_at_the_longest_training_document_and_says_what_it_cut(tmp_path, capsys):
+    folder = _corpus(tmp_path)
+    out = tmp_path / "run"
+    args = ["train", "text", "--out", str(out), "--epochs", "1", "--quiet", "--size", "synthetic"]
+    args += ["--set", f"data.path={folder}", "--set", "train.batch_size=2", "--set", "eval.iw_samples=2"]
+    assert main(args) == 0
+    assert json.loads((out / "data_stats.json").read_text())["longest"]["train"] == 8  # "the dog ran on and on ..."
+    (tmp_path / "in.txt").write_text("zebra quagga\nthe cat\n")
+    capsys.readouterr()
+    # a barely trained model rarely says </s>: its outputs run to the cap (8, the longest document) and are cut
+    assert main(["reconstruct", str(out), "--input", str(tmp_path / "in.txt"), "--decode", "sample"]) == 0
+    captured = capsys.readouterr()
+    outputs = [line.split("\t->\t")[1].split() for line in captured.out.strip().splitlines()]
+    assert all(len(words) <= 8 for words in outputs)
+    assert "input 1 ('zebra quagga') has no word of the vocabulary" in captured.err
+    cut = sum(len(words) == 8 for words in outputs)
+    assert (f"{cut} of 2 outputs reached the length cap 8" in captured.err) == (cut > 0)
+
+
+def test_a_realistic_corpus_fits_in_memory_by_default(tmp_path):
+    """500 documents of 200 tokens over 40k word types at --size cpu: the 20k default cap and the IW memory
+    budget keep a whole run (train and test) under 3 GB of peak RSS."""
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40_000)]
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for name, n in (("train", 500), ("valid", 32), ("test", 32)):
+        docs = (" ".join(rng.choice(words) for _ in range(200)) for _ in range(n))
+        (folder / f"{name}.txt").write_text("\n".join(docs) + "\n")
+    script = (
+        "import resource, sys\n"
+        "from lagvae.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "sys.exit(code)\n"
+    )
+    args = ["train", "text", "--size", "cpu", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]
+    args += ["--threads", "1", "--set", f"data.path={folder}", "--set", "eval.iw_samples=20"]
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    peak_gb = int(result.stdout.strip().splitlines()[-1]) / 2**20
+    assert peak_gb < 3.0, peak_gb
+    assert len(json.loads((tmp_path / "run" / "vocab.json").read_text())) == 20_000

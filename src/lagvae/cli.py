@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--decode", choices=("greedy", "beam", "sample"), default="greedy")
         p.add_argument("--beam", type=_positive_int, default=5, help="beam width")
         p.add_argument("--temperature", type=_positive_float, default=1.0, help="for --decode sample")
-        p.add_argument("--max-len", type=_positive_int, default=50)
+        p.add_argument(
+            "--max-len", type=_positive_int, help="token cap (default: the run's longest training document, else 50)"
+        )
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, help="write here: a PNG grid for image runs (required), text otherwise")
         p.add_argument("--no-progress", action="store_true", help="no progress bar while sampling images")
@@ -191,7 +193,7 @@ def _compare(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
-    from lagvae.training.loop import load_trained, saved_image_shape
+    from lagvae.training.loop import load_trained, saved_image_shape, saved_longest_document
 
     torch.manual_seed(args.seed)
     config, model, vocab = load_trained(args.run)
@@ -200,7 +202,8 @@ def _generate(args: argparse.Namespace) -> None:
         return
     from lagvae.generate import Decoding, decode_sentences, interpolate_sentences, reconstruct_sentences
 
-    how = Decoding(args.decode, args.beam, args.temperature, args.max_len)
+    max_len = args.max_len or saved_longest_document(args.run) or 50
+    how = Decoding(args.decode, args.beam, args.temperature, max_len)
     if args.command == "sample":
         z = torch.randn(args.n, config.model.latent_dim, device=next(model.parameters()).device)
         out = decode_sentences(model, vocab, z, how)

@@ -91,9 +91,6 @@ class TrainConfig:
     svi_momentum: float = 0.5
     agg_window: int = 15  # inner steps per window when comparing the encoder loss
     agg_max_inner: int = 100
-    # 1: every encoder-only step backpropagates into the decoder too, for the clip norm (Algorithm 1 exactly).
-    # N > 1: only every Nth does; the others reuse its decoder norm (faster, changes numerics; docs/DESIGN.md)
-    agg_dec_norm_every: int = 1
     # 0: switch aggressive off at the first fall of validation I_q (the text rule); N > 0: after N epochs
     # without a new best I_q (the paper's OMNIGLOT rule, N = 5)
     agg_mi_patience: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, TextSet, Vocab, strip_ids
 from lagvae.models.vae import VAE
 
 DECODERS = ("greedy", "beam", "sample")
+log = logging.getLogger("lagvae")
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,21 @@ def encode_sentences(model: VAE, vocab: Vocab, lines: list[str]) -> tuple[Tensor
     docs = [line.split("\t", 1)[-1].split() for line in lines]
     if not docs or not all(docs):
         raise LagvaeError("empty sentence given; every input needs at least one token")
+    for number, doc in enumerate(docs, 1):
+        if not any(word in vocab.stoi for word in doc):
+            log.warning(
+                f"input {number} ({' '.join(doc)[:40]!r}) has no word of the vocabulary: it reads as <unk> only"
+            )
     tokens = TextSet.from_ids([vocab.encode(d) for d in docs]).tokens
     return model.posterior(tokens.to(next(model.parameters()).device))
 
 
 def decode_sentences(model: VAE, vocab: Vocab, z: Tensor, how: Decoding = Decoding()) -> list[str]:
-    """Decode each latent in z [N, D] (prior draws, posterior means) to a string."""
+    """Decode each latent in z [N, D] (prior draws, posterior means) to a string; says so when any was cut."""
     ids = decode(model, z, how.max_len, how.method, how.beam, how.temperature)
+    cut = sum(len(row) >= how.max_len for row in ids)
+    if cut:
+        log.warning(f"{cut} of {len(ids)} outputs reached the length cap {how.max_len} without </s> and were cut")
     return [" ".join(vocab.decode(row)) for row in ids]
 
 

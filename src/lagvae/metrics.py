@@ -17,6 +17,10 @@ def iw_log_likelihood(
 ) -> Tensor:
     """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded in memory-bounded chunks."""
     mu, logvar = posterior if posterior is not None else model.posterior(x)
+    if x.shape[0] > 1 and sample_bytes(model, x) > max_memory_mb * 2**20:
+        half = x.shape[0] // 2  # even one sample of the whole batch does not fit: split the batch
+        parts = [(x[:half], mu[:half], logvar[:half]), (x[half:], mu[half:], logvar[half:])]
+        return torch.cat([iw_log_likelihood(model, xs, k, max_memory_mb, (m, lv)) for xs, m, lv in parts])
     chunk = samples_per_chunk(model, x, k, max_memory_mb)
     log_w = []
     for start in range(0, k, chunk):
@@ -31,15 +35,20 @@ def iw_log_likelihood(
 MAX_CHUNK_VALUES = 1 << 14
 
 
+def sample_bytes(model: VAE, x: Tensor) -> int:
+    """No-grad working memory of decoding one latent sample for all of x, as the decoder states it
+    (`sample_bytes`); a decoder that does not is assumed to need 64 bytes per input value."""
+    stated = getattr(model.decoder, "sample_bytes", None)
+    return int(stated(x)) if stated is not None else 64 * x.numel()
+
+
 def samples_per_chunk(model: VAE, x: Tensor, k: int, max_memory_mb: float) -> int:
     """How many of the K samples of the whole batch x to decode at once within `max_memory_mb` of working memory.
 
-    Decoders report the no-grad working memory of one sample of the batch (`sample_bytes`); one that does not
-    is assumed to need 64 bytes per input value. At least one sample is decoded, whatever the budget.
+    At least one sample is decoded, whatever the budget (iw_log_likelihood splits a batch whose single sample
+    does not fit).
     """
-    sample_bytes = getattr(model.decoder, "sample_bytes", None)
-    per_sample = sample_bytes(x) if sample_bytes is not None else 64 * x.numel()
-    by_memory = int(max_memory_mb * 2**20 // max(per_sample, 1))
+    by_memory = int(max_memory_mb * 2**20 // max(sample_bytes(model, x), 1))
     return max(1, min(k, by_memory, MAX_CHUNK_VALUES // max(x.numel(), 1)))
 
 

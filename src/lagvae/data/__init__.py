@@ -58,7 +58,7 @@ def synthetic_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
     full = TextSet(torch.cat([bos, ids, eos], dim=1), torch.full((n,), config.seq_len + 2))
     a, b = config.n_train, config.n_train + config.n_val
     cut = lambda lo, hi: TextSet(full.tokens[lo:hi], full.lengths[lo:hi])  # noqa: E731
-    return Splits(cut(0, a), cut(a, b), cut(b, n), vocab)
+    return Splits(cut(0, a), cut(a, b), cut(b, n), vocab, {"longest": {"train": config.seq_len}})
 
 
 def _corpus_splits(raw: dict[str, list[str]], config: DataConfig, vocab: Vocab | None) -> Splits:

@@ -28,6 +28,7 @@ class CorpusStats:
     truncated: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     unknown_tokens: dict[str, int] = field(default_factory=dict)
+    longest: dict[str, int] = field(default_factory=dict)  # tokens of the longest kept document (generation's cap)
 
 
 def default_data_root() -> Path | None:
@@ -88,6 +89,7 @@ def encode_documents(
         unknown += sum(1 for w in doc if w not in vocab.stoi)
         encoded.append(ids)
     stats.truncated[split], stats.dropped[split], stats.unknown_tokens[split] = truncated, dropped, unknown
+    stats.longest[split] = max((len(ids) - 2 for ids in encoded), default=0)
     if not encoded:
         raise ConfigError(f"every document of the {split} split is longer than max_len={max_len}")
     return TextSet.from_ids(encoded)

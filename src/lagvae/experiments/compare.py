@@ -8,10 +8,12 @@ import multiprocessing
 import statistics
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write
 from lagvae.config import ConfigError
@@ -111,11 +113,21 @@ def run_grid(
     # Slow strategies first, so parallel workers finish together instead of one running alone at the end.
     todo.sort(key=lambda spec: SLOW_FIRST.get(METHODS[spec.method].get("train.strategy", "joint"), 2))
     # spawn, not fork: a forked child cannot use CUDA once the parent has touched it
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for spec, result in zip(todo, pool.map(_attempt, todo), strict=True):
+    workers = max(1, jobs)
+    with (
+        ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool,
+        tqdm(total=len(specs), initial=len(specs) - len(todo), desc="grid cells", disable=not todo) as bar,
+    ):
+        futures = {pool.submit(_attempt, spec): spec for spec in todo}
+        bar.set_postfix(running=min(workers, len(todo)), left=len(todo))
+        for future in as_completed(futures):
+            spec, result = futures[future], future.result()
             results[(spec.label, spec.seed)] = result
             status = "done" if result["ok"] else f"FAILED ({result['error']})"
-            print(f"{spec.label} seed {spec.seed}: {status}", flush=True)
+            bar.write(f"{spec.label} seed {spec.seed}: {status}")
+            bar.update(1)
+            left = len(todo) - (bar.n - bar.initial)
+            bar.set_postfix(running=min(workers, left), left=left)
     write_summary(results, methods, out)
     return results
 

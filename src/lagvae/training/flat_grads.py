@@ -23,19 +23,12 @@ class FlatGrads:
         self.buffer = torch.zeros(sum(sizes), dtype=first.dtype, device=first.device)
         for p, view in zip(params, self.buffer.split(sizes), strict=True):
             p.grad = view.view_as(p)
-        n_enc = sum(sizes[: len(self.encoder_params)])
-        self.encoder = self.buffer[:n_enc]
-        self.decoder = self.buffer[n_enc:]
 
     def zero_(self) -> None:
         self.buffer.zero_()
 
-    def clip_(self, max_norm: float, decoder_sq: Tensor | None = None) -> Tensor:
-        """g <- g * min(1, max_norm / (||g|| + 1e-6)), as torch.nn.utils.clip_grad_norm_; returns ||g||.
-
-        With `decoder_sq`, that squared norm stands in for the decoder's part (whose gradients were skipped).
-        """
-        sq = self.encoder.pow(2).sum() + decoder_sq if decoder_sq is not None else self.buffer.pow(2).sum()
-        norm = sq.sqrt()
+    def clip_(self, max_norm: float) -> Tensor:
+        """g <- g * min(1, max_norm / (||g|| + 1e-6)), as torch.nn.utils.clip_grad_norm_; returns ||g||."""
+        norm = self.buffer.norm()
         self.buffer.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
         return norm

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +52,7 @@ KL_TERMS = ("plain", "free-bits")
 # Settings a resumed run may change; anything else must match the run folder's config.json.
 RESUMABLE = ("train.epochs", "train.checkpoint_minutes", "threads", "progress", "device")
 TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
+LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
 REFRESH_SECONDS = 2.0  # the progress bar refreshes (and syncs with the device) at most this often
 
 
@@ -72,7 +73,6 @@ def validate(config: RunConfig) -> None:
         "train.lr": t.lr,
         "train.agg_window": t.agg_window,
         "train.agg_max_inner": t.agg_max_inner,
-        "train.agg_dec_norm_every": t.agg_dec_norm_every,
         "train.n_cycles": t.n_cycles,
         "eval.max_memory_mb": e.max_memory_mb,
         "eval.posterior_grid": e.posterior_grid,
@@ -162,6 +162,11 @@ class Trainer:
         for line in describe(self.splits):
             log.info(line)
         vocab_size = len(self.splits.vocab) if self.splits.vocab is not None else 0
+        if vocab_size > LARGE_VOCAB + 4:  # + <pad>, <s>, </s>, <unk>
+            log.warning(
+                f"a {vocab_size:,}-word vocabulary: the output layer's cost and memory grow with it; "
+                f"data.max_vocab={LARGE_VOCAB} is the paper's Yelp and Yahoo setting"
+            )
         self.model = build_model(config.model, vocab_size).to(self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.train_batches = self.splits.train.batches(config.train.batch_size, shuffle=True, generator=self.generator)
@@ -229,7 +234,12 @@ class Trainer:
             self.folder.append_metrics(record)
         npz = self.folder.file(POSTERIOR_NPZ)
         if self.tracker is not None and npz.exists():
-            saved = np.load(npz)
+            try:
+                saved = dict(np.load(npz))
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+                raise ConfigError(
+                    f"cannot read {npz}: {err}; delete it to resume without the earlier snapshots"
+                ) from None
             keep = saved["step"] <= self.state.step
             self.tracker.steps = saved["step"][keep].tolist()
             self.tracker.epochs = saved["epoch"][keep].tolist()
@@ -477,7 +487,7 @@ def train_and_evaluate(
     - overwrite=True deletes the old run's files first;
     - otherwise it is a one-line error.
     """
-    mode = {True: "yes", False: "no"}.get(resume, resume) if isinstance(resume, bool) else resume
+    mode = ("yes" if resume else "no") if isinstance(resume, bool) else resume
     if mode not in RESUME_MODES:
         raise ConfigError(f"unknown resume mode {resume!r}; choose from {', '.join(RESUME_MODES)}")
     folder = RunFolder(out_dir)
@@ -541,11 +551,15 @@ def _saved_vocab(folder: RunFolder) -> Vocab | None:
 
 def saved_image_shape(run_dir: Path | str) -> tuple[int, int] | None:
     """The (height, width) an image run was trained on (from data_stats.json), None for text runs."""
-    path = RunFolder(run_dir).file(DATA_STATS)
-    if not path.exists():
-        return None
-    shape = json.loads(path.read_text()).get("image_shape")
+    shape = (RunFolder(run_dir).read_json(DATA_STATS) or {}).get("image_shape")
     return (int(shape[0]), int(shape[1])) if shape else None
+
+
+def saved_longest_document(run_dir: Path | str) -> int | None:
+    """Tokens of the longest training document of a text run (from data_stats.json), None when unknown."""
+    stats = RunFolder(run_dir).read_json(DATA_STATS) or {}
+    longest = stats.get("longest", {}).get("train")
+    return int(longest) if longest else None
 
 
 def _open_run(run_dir: Path | str) -> tuple[RunFolder, RunConfig]:

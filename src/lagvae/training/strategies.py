@@ -91,9 +91,9 @@ class JointStrategy:
         loss.backward()
         self._clip_and_step(optimizers)
 
-    def _clip_and_step(self, optimizers: Sequence[torch.optim.Optimizer], decoder_sq: Tensor | None = None) -> None:
+    def _clip_and_step(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         if self.clip_grad > 0:
-            self.grads.clip_(self.clip_grad, decoder_sq)
+            self.grads.clip_(self.clip_grad)
         for optimizer in optimizers:
             optimizer.step()
 
@@ -165,15 +165,12 @@ class AggressiveStrategy(JointStrategy):
         max_inner: int = 100,
         kl_term: KLTerm = plain_kl,
         mi_patience: int = 0,
-        dec_norm_every: int = 1,
     ) -> None:
         super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term)
         self.sample_batch = sample_batch
         self.window = window
         self.max_inner = max_inner
         self.mi_patience = mi_patience
-        self.dec_norm_every = dec_norm_every
-        self._decoder_sq: Tensor | None = None
         self.aggressive = True
         self.previous_mi: float | None = None
         self.best_mi: float | None = None
@@ -186,7 +183,6 @@ class AggressiveStrategy(JointStrategy):
             "window": t.agg_window,
             "max_inner": t.agg_max_inner,
             "mi_patience": t.agg_mi_patience,
-            "dec_norm_every": t.agg_dec_norm_every,
         }
 
     def step(self, x: Tensor, kl_weight: float) -> StepStats:
@@ -194,7 +190,7 @@ class AggressiveStrategy(JointStrategy):
             return self._joint_step(x, kl_weight)
         stopper = InnerLoopStop(self.window, self.max_inner)
         batch = x  # the first inner batch is the current one, later ones are random
-        while not stopper.update(self.encoder_step(batch, kl_weight, stopper.steps), self.model.n_units(batch)):
+        while not stopper.update(self.encoder_step(batch, kl_weight), self.model.n_units(batch)):
             if self.on_inner_step is not None:
                 self.on_inner_step(stopper.steps)
             batch = self.sample_batch()
@@ -202,23 +198,10 @@ class AggressiveStrategy(JointStrategy):
         self._update(loss.mean(), (self.dec_opt,))
         return StepStats(loss.detach().mean(), rec.detach().mean(), kl.detach().mean(), stopper.steps)
 
-    def encoder_step(self, x: Tensor, kl_weight: float, index: int = 0) -> Tensor:
-        """Inner step `index` of an outer step: update the encoder alone on `x`; returns the summed loss (detached).
-
-        With `dec_norm_every` N > 1, only steps 0, N, 2N, ... backpropagate into the decoder's weights; the
-        others reuse the decoder's squared gradient norm from the last such step in the clip (an option that
-        changes the numerics of Algorithm 1; off by default, docs/DESIGN.md).
-        """
+    def encoder_step(self, x: Tensor, kl_weight: float) -> Tensor:
+        """One inner-loop update of the encoder alone on `x`; returns the batch's summed loss (detached)."""
         loss, _, _ = self._loss(x, kl_weight)
-        self.grads.zero_()
-        if self.dec_norm_every > 1 and index % self.dec_norm_every != 0 and self._decoder_sq is not None:
-            loss.mean().backward(inputs=self.grads.encoder_params)
-            self._clip_and_step((self.enc_opt,), self._decoder_sq)
-        else:
-            loss.mean().backward()
-            if self.dec_norm_every > 1:
-                self._decoder_sq = self.grads.decoder.pow(2).sum()
-            self._clip_and_step((self.enc_opt,))
+        self._update(loss.mean(), (self.enc_opt,))
         return loss.detach().sum()
 
     def end_epoch(self, val: dict[str, float]) -> None:
