@@ -13,7 +13,7 @@ timeout 170 python3 -m pytest tests -q -x -p no:cacheprovider > "$OUT/pytest_gpu
 echo "pytest exit $?"; tail -3 "$OUT/pytest_gpu.log"
 for m in vae vae-anneal aggressive-anneal; do
   ( start=$(date +%s)
-    timeout 330 python3 -m lagvae.cli train ptb --method "$m" --epochs 10 --train-limit 10000 --no-progress \
+    timeout 330 python3 -m lagvae.cli train ptb --method "$m" --epochs 10 --train-limit 10000 --no-progress --overwrite \
       --out "/tmp/ptb/$m" > "/tmp/ptb_$m.log" 2>&1
     echo "$m exit $? wall $(( $(date +%s) - start )) s" ) &
 done

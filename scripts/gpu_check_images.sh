@@ -11,7 +11,7 @@ timeout 150 python3 -m pytest tests -q -p no:cacheprovider > "$OUT/pytest_gpu.lo
 echo "pytest exit $?"; tail -3 "$OUT/pytest_gpu.log"
 for m in vae-anneal aggressive-anneal pixelcnn; do
   ( start=$(date +%s)
-    timeout 230 python3 -m lagvae.cli train omniglot --method "$m" --epochs 3 --no-progress \
+    timeout 230 python3 -m lagvae.cli train omniglot --method "$m" --epochs 3 --no-progress --overwrite \
       --set eval.iw_samples=100 --out "/tmp/omni/$m" > "/tmp/omni_$m.log" 2>&1
     echo "$m exit $? wall $(( $(date +%s) - start )) s" ) &
 done

@@ -2,7 +2,7 @@
 # What "your own corpus" costs with the defaults (README, "Your own corpus"): builds a corpus of realistic
 # document length from the Yelp sentences in ../shared/data (consecutive sentences joined into documents of
 # 60-220 tokens: 1,000 train, 100 valid, 100 test), then times one epoch of `lagvae train text --size cpu`
-# and its IW test (K = 500), with peak RSS from /usr/bin/time.
+# and its IW test (K = 500) on one thread, with peak RSS from /usr/bin/time.
 # Usage: bash scripts/own_corpus_cost.sh [METHOD]   (default vae; ~15 min on the 2-core CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +30,5 @@ for name, part in (("train", docs[:1000]), ("valid", docs[1000:1100]), ("test", 
 print(f"{out}: 1,000 / 100 / 100 documents of 60-220 tokens")
 PY
 rm -rf /tmp/lagvae-own-corpus-run
-/usr/bin/time -v .venv/bin/lagvae train text --method "${1:-vae}" --size cpu --epochs 1 --no-progress \
+/usr/bin/time -v .venv/bin/lagvae train text --method "${1:-vae}" --size cpu --epochs 1 --no-progress --threads 1 \
   --set "data.path=$CORPUS" --out /tmp/lagvae-own-corpus-run 2>&1 | grep -E "lagvae:|train_seconds|Elapsed|Maximum resident"

@@ -28,7 +28,8 @@ def _run(
     overrides = [f"eval.iw_samples={iw_samples}", *overrides]
     config = make_config("synthetic", method, epochs=epochs, seed=seed, train_limit=train_limit, overrides=overrides)
     config.threads = 1  # two runs share the cores; one thread each avoids oversubscription
-    return train_and_evaluate(config, out / method, bar_position=position)
+    # a rerun finds its finished runs (and retests them) or resumes a killed one; other settings are refused
+    return train_and_evaluate(config, out / method, resume="auto", bar_position=position)
 
 
 def run_demo(
