@@ -148,3 +148,29 @@ def test_config_schema_is_saved_and_old_files_load_as_version_0(tmp_path):
     (out / "config.json").write_text(json.dumps(saved))
     with pytest.raises(Exception, match="newer"):
         load_json(out / "config.json")
+
+
+def test_compare_plan_writes_one_resumable_train_line_per_unfinished_cell(tmp_path, capsys):
+    import shlex
+
+    grid = tmp_path / "grid"
+    overrides = [value for flag, value in zip(TINY, TINY[1:], strict=False) if flag == "--set"]
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    plan = tmp_path / "plan.txt"
+    args = ["compare", "synthetic", "--methods", "vae,beta=0.5", "--seeds", "2", "--epochs", "1"]
+    args += ["--train-limit", "48", "--out", str(grid), *sets]
+    # one cell already finished: the plan leaves it out
+    assert _train(grid / "vae" / "seed0", "--seed", "0", "--epochs", "1") == 0
+    assert main([*args, "--plan", str(plan)]) == 0
+    lines = plan.read_text().splitlines()
+    assert len(lines) == 3 and "wrote 3 commands" in capsys.readouterr().out
+    assert not (grid / "beta=0.5").exists()  # planning trains nothing
+    for line in lines:  # each line is the run compare would make there, and finishes it
+        argv = shlex.split(line)
+        assert argv[:2] == ["lagvae", "train"] and argv[-2:] == ["--resume", "auto"]
+        assert main(argv[1:]) == 0
+    assert "train.beta=0.5" in plan.read_text()
+    capsys.readouterr()
+    assert main([*args, "--report-only"]) == 0
+    report = (grid / "compare.md").read_text()
+    assert "| vae |" in report and "| beta=0.5 |" in report and report.count(" 2 |") >= 2  # 2 runs each

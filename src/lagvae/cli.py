@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel (one CPU thread each)")
     cmp.add_argument("--out", type=Path, required=True)
     cmp.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
+    cmp.add_argument(
+        "--plan", type=Path, metavar="FILE", help="write one `lagvae train` line per unfinished cell, train nothing"
+    )
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     def generation_flags(p: argparse.ArgumentParser) -> None:
@@ -170,9 +173,17 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from lagvae.experiments.compare import run_grid
+    from lagvae.experiments.compare import grid_specs, plan_commands, run_grid
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.plan is not None:
+        from lagvae.atomic import atomic_write
+
+        grid = (args.preset, methods, range(args.seeds), args.out, args.epochs, args.train_limit, args.size)
+        lines = plan_commands(grid_specs(*grid, args.overrides))
+        atomic_write(args.plan, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
+        print(f"wrote {len(lines)} commands (one per unfinished cell) to {args.plan}")
+        return
     results = run_grid(
         args.preset,
         methods,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import shlex
 import statistics
 import traceback
 from collections.abc import Sequence
@@ -78,6 +79,43 @@ def _attempt(spec: RunSpec) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 
 
+def grid_specs(
+    preset: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    epochs: int | None = None,
+    train_limit: int | None = None,
+    size: str | None = None,
+    overrides: Sequence[str] = (),
+) -> list[RunSpec]:
+    """One RunSpec per (method, seed) cell, in out/<method>/seed<seed>; a method typo fails before anything runs."""
+    parsed = {label: parse_method(label) for label in methods}
+    return [
+        RunSpec(preset, m, name, s, out / m / f"seed{s}", epochs, train_limit, size, (*extra, *overrides))
+        for m, (name, extra) in parsed.items()
+        for s in seeds
+    ]
+
+
+def plan_commands(specs: Sequence[RunSpec]) -> list[str]:
+    """One `lagvae train ... --resume auto` shell line per unfinished cell: the run `compare` would make there,
+    for any scheduler (a Slurm array, GNU parallel) to run; `compare --report-only` then tabulates them."""
+    lines = []
+    for spec in specs:
+        if (spec.out / FINAL).exists():
+            continue
+        args = ["lagvae", "train", spec.preset, "--method", spec.method, "--seed", str(spec.seed)]
+        args += ["--out", str(spec.out)]
+        args += ["--size", spec.size] if spec.size else []
+        args += ["--epochs", str(spec.epochs)] if spec.epochs else []
+        args += ["--train-limit", str(spec.train_limit)] if spec.train_limit else []
+        for override in spec.overrides:
+            args += ["--set", override]
+        lines.append(shlex.join([*args, "--threads", "1", "--no-progress", "--resume", "auto"]))
+    return lines
+
+
 def run_grid(
     preset: str,
     methods: Sequence[str],
@@ -96,12 +134,7 @@ def run_grid(
     A cell with a last.pt but no final.json (stopped mid-run) resumes from its last checkpoint.
     With `report_only`, nothing is trained: the summary covers the runs already finished.
     """
-    parsed = {label: parse_method(label) for label in methods}  # fails fast on a typo, before any training
-    specs = [
-        RunSpec(preset, m, name, s, out / m / f"seed{s}", epochs, train_limit, size, (*extra, *overrides))
-        for m, (name, extra) in parsed.items()
-        for s in seeds
-    ]
+    specs = grid_specs(preset, methods, seeds, out, epochs, train_limit, size, overrides)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
     for spec in specs:
