@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lagvae.cli import main
-from lagvae.experiments.compare import run_grid
+from lagvae.experiments.compare import Grid, run_grid
 from tests.test_cli import TINY
 
 
@@ -113,7 +113,7 @@ def test_compare_resumes_a_half_trained_cell(tmp_path):
     assert _train(cell, "--seed", "0", "--epochs", "1") == 0
     (cell / "final.json").unlink()
     epoch0 = (cell / "metrics.jsonl").read_text()
-    results = run_grid("synthetic", ["vae"], [0], grid, epochs=2, train_limit=48, overrides=overrides)
+    results = run_grid(Grid("synthetic", ("vae",), (0,), grid, epochs=2, train_limit=48, overrides=tuple(overrides)))
     assert results[("vae", 0)]["ok"], results
     text = (cell / "metrics.jsonl").read_text()
     assert text.startswith(epoch0)  # epoch 0 was kept, not retrained

@@ -173,29 +173,27 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from lagvae.experiments.compare import grid_specs, plan_commands, run_grid
+    from lagvae.experiments.compare import Grid, plan_commands, run_grid
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    grid = Grid(
+        args.preset,
+        methods,
+        tuple(range(args.seeds)),
+        args.out,
+        args.epochs,
+        args.train_limit,
+        args.size,
+        tuple(args.overrides),
+    )
     if args.plan is not None:
         from lagvae.atomic import atomic_write
 
-        grid = (args.preset, methods, range(args.seeds), args.out, args.epochs, args.train_limit, args.size)
-        lines = plan_commands(grid_specs(*grid, args.overrides))
+        lines = plan_commands(grid)
         atomic_write(args.plan, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
         print(f"wrote {len(lines)} commands (one per unfinished cell) to {args.plan}")
         return
-    results = run_grid(
-        args.preset,
-        methods,
-        list(range(args.seeds)),
-        args.out,
-        epochs=args.epochs,
-        train_limit=args.train_limit,
-        size=args.size,
-        overrides=args.overrides,
-        jobs=args.jobs,
-        report_only=args.report_only,
-    )
+    results = run_grid(grid, jobs=args.jobs, report_only=args.report_only)
     print((args.out / "compare.md").read_text())
     failed = sum(not r["ok"] for r in results.values())
     print(f"{len(results) - failed} runs finished, {failed} failed; table in {args.out / 'compare.md'}")

@@ -79,30 +79,44 @@ def _attempt(spec: RunSpec) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
 
 
-def grid_specs(
-    preset: str,
-    methods: Sequence[str],
-    seeds: Sequence[int],
-    out: Path,
-    epochs: int | None = None,
-    train_limit: int | None = None,
-    size: str | None = None,
-    overrides: Sequence[str] = (),
-) -> list[RunSpec]:
-    """One RunSpec per (method, seed) cell, in out/<method>/seed<seed>; a method typo fails before anything runs."""
-    parsed = {label: parse_method(label) for label in methods}
-    return [
-        RunSpec(preset, m, name, s, out / m / f"seed{s}", epochs, train_limit, size, (*extra, *overrides))
-        for m, (name, extra) in parsed.items()
-        for s in seeds
-    ]
+@dataclass(frozen=True)
+class Grid:
+    """A methods x seeds grid on one preset; cell (method, seed) lives in out/<method>/seed<seed>."""
+
+    preset: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    out: Path
+    epochs: int | None = None
+    train_limit: int | None = None
+    size: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def specs(self) -> list[RunSpec]:
+        """One RunSpec per cell; a method typo fails here, before anything runs."""
+        parsed = {label: parse_method(label) for label in self.methods}
+        return [
+            RunSpec(
+                self.preset,
+                m,
+                name,
+                s,
+                self.out / m / f"seed{s}",
+                self.epochs,
+                self.train_limit,
+                self.size,
+                (*extra, *self.overrides),
+            )
+            for m, (name, extra) in parsed.items()
+            for s in self.seeds
+        ]
 
 
-def plan_commands(specs: Sequence[RunSpec]) -> list[str]:
+def plan_commands(grid: Grid) -> list[str]:
     """One `lagvae train ... --resume auto` shell line per unfinished cell: the run `compare` would make there,
     for any scheduler (a Slurm array, GNU parallel) to run; `compare --report-only` then tabulates them."""
     lines = []
-    for spec in specs:
+    for spec in grid.specs():
         if (spec.out / FINAL).exists():
             continue
         args = ["lagvae", "train", spec.preset, "--method", spec.method, "--seed", str(spec.seed)]
@@ -116,25 +130,13 @@ def plan_commands(specs: Sequence[RunSpec]) -> list[str]:
     return lines
 
 
-def run_grid(
-    preset: str,
-    methods: Sequence[str],
-    seeds: Sequence[int],
-    out: Path,
-    *,
-    epochs: int | None = None,
-    train_limit: int | None = None,
-    size: str | None = None,
-    overrides: Sequence[str] = (),
-    jobs: int = 1,
-    report_only: bool = False,
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Train every (method, seed) not already finished under out/<method>/seed<seed>, then summarise.
+def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tuple[str, int], dict[str, Any]]:
+    """Train every cell of `grid` not already finished, then summarise.
 
     A cell with a last.pt but no final.json (stopped mid-run) resumes from its last checkpoint.
     With `report_only`, nothing is trained: the summary covers the runs already finished.
     """
-    specs = grid_specs(preset, methods, seeds, out, epochs, train_limit, size, overrides)
+    specs = grid.specs()
     results: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
     for spec in specs:
@@ -161,7 +163,7 @@ def run_grid(
             bar.update(1)
             left = len(todo) - (bar.n - bar.initial)
             bar.set_postfix(running=min(workers, left), left=left)
-    write_summary(results, methods, out)
+    write_summary(results, grid.methods, grid.out)
     return results
 
 
