@@ -33,6 +33,21 @@ def test_cyclical_method_spreads_n_cycles_over_the_run():
     iters = 10  # 80 steps, period 20
     weights = [kl_weight(t, train, iters) for t in range(80)]
     assert [t for t, w in enumerate(weights) if w == 0.0] == [0, 20, 40, 60]
+    # a resume with more epochs keeps the period the run started with (passed as cycle_epochs)
+    longer = TrainConfig(schedule="cyclical", epochs=12, n_cycles=4, cycle_ratio=0.5)
+    assert [kl_weight(t, longer, iters, cycle_epochs=8) for t in range(80)] == weights
+
+
+def test_a_resumed_cyclical_run_keeps_its_starting_period(tmp_path):
+    from lagvae.cli import main
+    from tests.test_cli import TINY
+
+    out = tmp_path / "cyc"
+    assert main(["train", "synthetic", "--method", "cyclical", "--out", str(out), *TINY]) == 0
+    assert (
+        main(["train", "synthetic", "--method", "cyclical", "--out", str(out), *TINY, "--epochs", "3", "--resume"]) == 0
+    )
+    assert torch.load(out / "last.pt", weights_only=True)["state"]["cycle_epochs"] == 2
 
 
 def test_beta_is_a_constant_weight_on_the_kl_term_only():

@@ -203,10 +203,10 @@ def test_omniglot_split_sizes():
     assert 0.04 < ink < 0.15  # strokes cover a small fraction of each character
 
 
-def test_mi_patience_switches_aggressive_off_after_n_epochs_without_a_new_best():
+def test_mi_patience_counts_every_epoch_below_the_best_as_the_authors_do():
     def run(patience: int, mis: list[float]) -> list[bool]:
         s = AggressiveStrategy.__new__(AggressiveStrategy)
-        s.aggressive, s.previous_mi, s.best_mi, s.epochs_since_best, s.mi_patience = True, None, None, 0, patience
+        s.aggressive, s.previous_mi, s.best_mi, s.mi_not_improved, s.mi_patience = True, 0.0, 0.0, 0, patience
         states = []
         for mi in mis:
             s.end_epoch({"mi": mi})
@@ -215,8 +215,11 @@ def test_mi_patience_switches_aggressive_off_after_n_epochs_without_a_new_best()
 
     mis = [1.0, 0.9, 1.1, 1.0, 1.05, 1.2, 1.1, 1.1]
     assert run(0, mis) == [True, False, False, False, False, False, False, False]  # text rule: first fall
-    assert run(2, mis) == [True, True, True, True, False, False, False, False]  # two epochs after the best 1.1
-    assert run(3, mis) == [True, True, True, True, True, True, True, True]
+    # below-best epochs: 0.9, 1.0, 1.05 (a new best 1.1 in between does not reset the count), then 1.1, 1.1
+    assert run(2, mis) == [True, True, True, False, False, False, False, False]
+    assert run(3, mis) == [True, True, True, True, False, False, False, False]
+    assert run(5, mis) == [True, True, True, True, True, True, True, False]
+    assert run(5, [-0.1] * 6) == [True, True, True, True, False, False]  # best_mi starts at 0, not at epoch 0's
 
 
 def test_train_eval_sample_reconstruct_through_the_cli(tmp_path, capsys):

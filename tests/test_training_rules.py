@@ -103,7 +103,16 @@ def test_aggressive_switches_off_for_good_when_validation_mi_falls():
     assert stats.inner_steps == 0 and not calls  # plain joint step now
     restored, _ = _tiny_strategy()
     restored.load_state_dict(strategy.state_dict())
-    assert not restored.aggressive and restored.previous_mi == 5.0
+    assert not restored.aggressive and restored.previous_mi == 1.1  # no I_q is tracked once aggressive is off
+
+
+def test_text_rule_compares_epoch_0_with_zero_as_the_authors_do():
+    strategy, _ = _tiny_strategy()
+    strategy.end_epoch({"mi": -0.02})  # a negative I_q after epoch 0 is a fall from the initial 0
+    assert not strategy.aggressive
+    strategy, _ = _tiny_strategy()
+    strategy.end_epoch({"mi": 0.0})  # equal is not a fall
+    assert strategy.aggressive
 
 
 def test_joint_strategy_has_no_aggressive_state():

@@ -134,6 +134,7 @@ class TrainState:
     train_seconds: float = 0.0
     best_epoch: int = -1
     stopped: bool = False  # the LR rule ended training early
+    cycle_epochs: int = 0  # train.epochs when the run started: fixes the cyclical schedule's period
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -330,7 +331,7 @@ class Trainer:
         start = time.perf_counter()
         bar.update(count)
         for x in (b.to(self.device, non_blocking=True) for b in batches):
-            beta = kl_weight(st.step, cfg.train, iters)
+            beta = kl_weight(st.step, cfg.train, iters, st.cycle_epochs)
             stats = self.strategy.step(x, beta)
             st.step += 1
             loss_sum += stats.loss
@@ -368,6 +369,7 @@ class Trainer:
         """Train to the epoch limit or the LR rule's stop. The folder is new or cleared, or this resumes its run
         (train_and_evaluate checks which before any file is touched), so config.json describes this run."""
         cfg, st = self.config, self.state
+        st.cycle_epochs = st.cycle_epochs or cfg.train.epochs
         self.folder.write_config(cfg)
         if st.step == 0:
             save_json_atomic({**environment(self.device), "data": self.fingerprints}, self.folder.file(PROVENANCE))

@@ -40,12 +40,12 @@ SCHEDULES = ("linear", "constant", "cyclical")
 CYCLE_SHAPES = ("linear", "cosine", "sigmoid")
 
 
-def kl_weight(step: int, train: TrainConfig, iters_per_epoch: int) -> float:
-    """The KL weight at `step` under the run's schedule."""
+def kl_weight(step: int, train: TrainConfig, iters_per_epoch: int, cycle_epochs: int | None = None) -> float:
+    """The KL weight at `step` under the run's schedule; the cyclical period spans `cycle_epochs` (the epoch
+    count the run started with, so a resume with a new --epochs keeps the schedule) / n_cycles."""
     if train.schedule == "constant":
         return train.beta
     if train.schedule == "cyclical":
-        return cyclical(
-            step, train.epochs * iters_per_epoch / train.n_cycles, train.cycle_ratio, 0.0, train.cycle_shape
-        )
+        epochs = cycle_epochs or train.epochs
+        return cyclical(step, epochs * iters_per_epoch / train.n_cycles, train.cycle_ratio, 0.0, train.cycle_shape)
     return linear_anneal(step, train.kl_start, train.warm_up * iters_per_epoch)

@@ -151,7 +151,8 @@ class AggressiveStrategy(JointStrategy):
     """He et al. (2019), Algorithm 1: while aggressive, optimise the encoder alone on fresh minibatches until
     its loss stops falling, then make one decoder step on the current batch. At each epoch end, switch to
     joint training for good once validation I_q falls below the previous epoch's (`mi_patience` 0, the
-    text rule), or once `mi_patience` epochs in a row bring no new best I_q (the paper's OMNIGLOT rule, 5).
+    text rule), or after `mi_patience` epochs below the best I_q (the paper's OMNIGLOT rule, 5): see
+    `end_epoch`.
     """
 
     def __init__(
@@ -172,9 +173,9 @@ class AggressiveStrategy(JointStrategy):
         self.max_inner = max_inner
         self.mi_patience = mi_patience
         self.aggressive = True
-        self.previous_mi: float | None = None
-        self.best_mi: float | None = None
-        self.epochs_since_best = 0
+        self.previous_mi = 0.0  # the authors' pre_mi and best_mi both start at 0
+        self.best_mi = 0.0
+        self.mi_not_improved = 0
 
     @staticmethod
     def _options(t: TrainConfig, sample_batch: Callable[[], Tensor]) -> dict[str, Any]:
@@ -205,16 +206,24 @@ class AggressiveStrategy(JointStrategy):
         return loss.detach().sum()
 
     def end_epoch(self, val: dict[str, float]) -> None:
+        """The authors' switch-off rules, evaluated only while aggressive (text.py and image.py of their code).
+
+        Text (`mi_patience` 0): off when I_q falls below the previous epoch's, the first comparison being
+        against 0, so a negative I_q after epoch 0 already ends it. Images (`mi_patience` N): every epoch
+        whose I_q is below the best so far (which starts at 0) counts; the Nth such epoch, consecutive or
+        not, ends it.
+        """
+        if not self.aggressive:
+            return
         mi = val["mi"]
-        if self.best_mi is None or mi > self.best_mi:
-            self.best_mi, self.epochs_since_best = mi, 0
-        else:
-            self.epochs_since_best += 1
-        if self.aggressive:
-            if self.mi_patience > 0:
-                self.aggressive = self.epochs_since_best < self.mi_patience
-            elif self.previous_mi is not None and mi < self.previous_mi:
-                self.aggressive = False
+        if self.mi_patience > 0:
+            if mi < self.best_mi:
+                self.mi_not_improved += 1
+                self.aggressive = self.mi_not_improved < self.mi_patience
+            else:
+                self.best_mi = mi
+        elif mi < self.previous_mi:
+            self.aggressive = False
         self.previous_mi = mi
 
     def state_dict(self) -> dict:
@@ -222,15 +231,15 @@ class AggressiveStrategy(JointStrategy):
             "aggressive": self.aggressive,
             "previous_mi": self.previous_mi,
             "best_mi": self.best_mi,
-            "epochs_since_best": self.epochs_since_best,
+            "mi_not_improved": self.mi_not_improved,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.aggressive = bool(state["aggressive"])
-        self.previous_mi = state["previous_mi"]
-        # checkpoints written before the patience rule existed lack these
-        self.best_mi = state.get("best_mi")
-        self.epochs_since_best = int(state.get("epochs_since_best", 0))
+        # checkpoints written before the authors' rules held None before the first epoch, and lacked these
+        self.previous_mi = state["previous_mi"] if state["previous_mi"] is not None else 0.0
+        self.best_mi = state.get("best_mi") or 0.0
+        self.mi_not_improved = int(state.get("mi_not_improved", state.get("epochs_since_best", 0)))
 
 
 class SemiAmortizedStrategy(JointStrategy):
