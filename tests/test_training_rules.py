@@ -197,3 +197,32 @@ def test_progress_shows_inner_steps_as_they_happen(tmp_path, monkeypatch):
     trainer._train_epoch(0)
     live = [p["inner"] for p in _RecordingBar.shown if p["inner"].endswith("now")]
     assert live[:3] == ["1 now", "2 now", "3 now"]  # the first outer step's encoder-only steps, one by one
+
+
+def test_lr_decay_inside_fit_reloads_the_best_weights_and_clears_the_optimiser_state(tmp_path, monkeypatch):
+    import lagvae.training.loop as loop
+    from lagvae.experiments.presets import make_config
+
+    overrides = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "eval.posterior_points=0"]
+    overrides += ["train.lr_decay_min_epoch=0", "train.lr_patience=1", "train.momentum=0.5", "train.epochs=2"]
+    config = make_config("synthetic", "vae", overrides=overrides)
+    config.threads, config.progress = 1, False
+    scripted = iter([-10.0, -20.0])  # validation ELBO: epoch 1 is worse, so with patience 1 the rate decays
+    real = loop.evaluate
+
+    def scripted_validation(model, batches, *args, **kwargs):
+        out = real(model, batches, *args, **kwargs)
+        if not args:  # validation; the test passes iw_samples
+            out["elbo"] = next(scripted)
+        return out
+
+    monkeypatch.setattr(loop, "evaluate", scripted_validation)
+    trainer = loop.Trainer(config, tmp_path / "run")
+    trainer.fit()
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["epoch"] == 0
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, best["model"][name]), name  # epoch 1's weights were discarded
+    assert all(not opt.state for opt in trainer.strategy.optimizers())  # momentum of discarded weights cleared
+    assert trainer.lr_rule.lr == 0.5
+    assert {g["lr"] for opt in trainer.strategy.optimizers() for g in opt.param_groups} == {0.5}
