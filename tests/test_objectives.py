@@ -74,3 +74,13 @@ def test_iw_nll_converges_to_the_exact_marginal(lg_vae):
     assert errors[1] < 0.01, errors
     assert errors[1] < errors[0] / 5, errors
     assert one_at_a_time < 0.01
+
+
+def test_importing_the_math_does_not_load_the_training_loop_or_matplotlib():
+    import subprocess
+    import sys
+
+    heavy = "{'matplotlib', 'lagvae.training.loop'}"
+    code = f"import sys, lagvae.objectives, lagvae.metrics; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
