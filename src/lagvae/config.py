@@ -158,14 +158,21 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 RETIRED = {"eval": ("iw_chunk",)}  # eval.max_memory_mb
 
 
-def load_json(path: Path) -> RunConfig:
-    """The RunConfig saved at `path`; a damaged or foreign file is a one-line ConfigError naming it."""
+def read_json(path: Path, expected: type, what: str) -> Any:
+    """The JSON value in `path`, which must be an `expected` (dict or list); a file that cannot be read, is not
+    JSON or holds something else is a one-line ConfigError naming it and `what` it should have been."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {err}; it is damaged or not a lagvae config") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"cannot read {path}: not a lagvae config (a JSON object)")
+        raise ConfigError(f"cannot read {path}: {err}; it is damaged or not {what}") from None
+    if not isinstance(data, expected):
+        raise ConfigError(f"cannot read {path}: not {what} (a JSON {expected.__name__})")
+    return data
+
+
+def load_json(path: Path) -> RunConfig:
+    """The RunConfig saved at `path`; a damaged or foreign file is a one-line ConfigError naming it."""
+    data = read_json(path, dict, "a lagvae config")
     data.setdefault("schema", 0)
     if data["schema"] == 0 and isinstance(data.get("data"), dict):
         data["data"].setdefault("vocab_from", "all")  # schema 0 built the vocabulary from the whole file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lagvae.atomic import save_json_atomic
-from lagvae.config import ConfigError
+from lagvae.config import ConfigError, read_json
 from lagvae.data.batches import IndexBatches
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -53,11 +52,8 @@ class Vocab:
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
-        try:
-            words = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"cannot read vocabulary {path}: {err}") from None
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        words = read_json(path, list, "a vocabulary")
+        if not all(isinstance(w, str) for w in words):
             raise ConfigError(f"cannot read vocabulary {path}: not a JSON list of words")
         return cls(words)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing
 import shlex
 import statistics
@@ -140,9 +139,9 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
     results: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
     for spec in specs:
-        final = spec.out / FINAL
-        if final.exists():
-            results[(spec.label, spec.seed)] = {"ok": True, **json.loads(final.read_text())}
+        final = RunFolder(spec.out).read_json(FINAL)
+        if final is not None:
+            results[(spec.label, spec.seed)] = {"ok": True, **final}
         elif not report_only:
             todo.append(spec)
     # Slow strategies first, so parallel workers finish together instead of one running alone at the end.

@@ -259,6 +259,9 @@ class Trainer:
             dynamic_ncols=True,
         )
 
+    def _provenance(self) -> dict[str, Any]:
+        return {**environment(self.device), "data": self.fingerprints}
+
     def check_data(self) -> None:
         """Refuse data that differ from the run's (runs from before provenance.json are not checked)."""
         saved = self.folder.read_json(PROVENANCE)
@@ -345,10 +348,10 @@ class Trainer:
                 start = time.perf_counter()
             due = save_every > 0 and self.clock() - last_saved >= save_every
             if count < iters and (due or self._stop_requested):
-                partial = {"order": self.train_batches.epoch_order(), "count": count, "inner_sum": inner_sum}
-                partial |= {"beta": beta, "loss_sum": float(loss_sum)}
-                partial["seconds"] = seconds + time.perf_counter() - start
-                self._save_last(partial)
+                here = {"order": self.train_batches.epoch_order(), "count": count, "inner_sum": inner_sum}
+                here |= {"beta": beta, "loss_sum": float(loss_sum)}
+                here["seconds"] = seconds + time.perf_counter() - start
+                self._save_last(here)
                 last_saved = self.clock()
                 if self._stop_requested:
                     bar.close()
@@ -370,14 +373,13 @@ class Trainer:
         (train_and_evaluate checks which before any file is touched), so config.json describes this run."""
         cfg, st = self.config, self.state
         st.cycle_epochs = st.cycle_epochs or cfg.train.epochs
-        self.folder.write_config(cfg)
-        if st.step == 0:
-            save_json_atomic({**environment(self.device), "data": self.fingerprints}, self.folder.file(PROVENANCE))
-        if self.splits.vocab is not None:
-            self.splits.vocab.save(self.folder.file(VOCAB))
-        if self.splits.stats:
-            save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
-        if st.step == 0:
+        self.folder.write_config(cfg)  # a resume may have changed a RESUMABLE field
+        if st.step == 0:  # a new run; a resumed one wrote these when it started, from the same (hashed) data
+            save_json_atomic(self._provenance(), self.folder.file(PROVENANCE))
+            if self.splits.vocab is not None:
+                self.splits.vocab.save(self.folder.file(VOCAB))
+            if self.splits.stats:
+                save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
             self._snapshot(0)
         val_batches = _eval_batches(self.splits.val, cfg)
         with _sigterm_sets(self):
@@ -445,7 +447,7 @@ class Trainer:
             epochs=len(self.state.history),
             best_epoch=self.state.best_epoch,
             iw_samples=e.iw_samples,
-            provenance={**environment(self.device), "data": self.fingerprints},
+            provenance=self._provenance(),
         )
         self.folder.write_final(results)
         return results

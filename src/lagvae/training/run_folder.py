@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lagvae.atomic import save_json_atomic
-from lagvae.config import ConfigError, RunConfig, to_dict
+from lagvae.config import ConfigError, RunConfig, read_json, to_dict
 
 CONFIG, VOCAB, METRICS, FINAL = "config.json", "vocab.json", "metrics.jsonl", "final.json"
 DATA_STATS = "data_stats.json"
@@ -80,12 +80,4 @@ class RunFolder:
     def read_json(self, name: str) -> dict[str, Any] | None:
         """A JSON run file as a dict, None when absent; a damaged one is a one-line error naming it."""
         path = self.file(name)
-        if not path.exists():
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"cannot read {path}: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"cannot read {path}: not a JSON object")
-        return data
+        return read_json(path, dict, f"a lagvae {name}") if path.exists() else None
