@@ -29,9 +29,9 @@ def iw_log_likelihood(
     return iw_bound(torch.cat(log_w, dim=1))
 
 
-# Speed, not memory, caps a chunk at this many decoded values (batch x samples x positions): larger chunks
-# were slower on this CPU (synthetic: 20 ms per sentence at 100-500 samples of 16 x 11 tokens, 26 at 5;
-# PTB --size cpu: 176 ms at 50 samples of 16 x 14, 186 at 250), since the working set leaves the cache.
+# A chunk also holds at most this many decoded values (batch x samples x positions). It was meant for speed,
+# but benchmarks/bench_kernels.py finds 5 to 250 samples a chunk within noise of each other (synthetic 18.7-21.3
+# ms per sentence, PTB --size cpu 327-341), so it only keeps the working set small.
 MAX_CHUNK_VALUES = 1 << 14
 
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# Logits per row chunk without gradients: 2^21 floats (8 MiB) was the fastest of 2^17-2^23 on this 2-core
-# CPU for vocabularies of 1k and 10k (smaller chunks starve the matmul, larger ones leave the cache).
+# Logits per row chunk without gradients: 2^21 floats (8 MiB) was the fastest of 2^17-2^23 in a one-off sweep
+# on this 2-core CPU for vocabularies of 1k and 10k (smaller chunks starve the matmul).
 CHUNK_LOGITS = 1 << 21
 _state = threading.local()
 
