@@ -50,9 +50,9 @@ def _tiny_strategy(max_inner: int = 3, window: int = 100) -> tuple[AggressiveStr
     dec = torch.optim.SGD(model.decoder.parameters(), lr=0.5)
     calls: list[int] = []
 
-    def sample() -> torch.Tensor:
+    def sample() -> tuple[torch.Tensor, None]:
         calls.append(1)
-        return torch.randint(4, 12, (4, 6))
+        return torch.randint(4, 12, (4, 6)), None
 
     return AggressiveStrategy(model, enc, dec, 5.0, sample, window, max_inner), calls
 

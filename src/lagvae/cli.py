@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -323,15 +324,29 @@ def _setup_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    # Under torchrun only rank 0 tells the story; every rank still prints its own errors.
+    rank = os.environ.get("RANK", "0")
+    _setup_logging(getattr(args, "quiet", False) or rank != "0")
     try:
         COMMANDS[args.command](args)
     except LagvaeError as err:
-        print(f"lagvae: error: {err}", file=sys.stderr)
+        where = ""
+        if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1":
+            from lagvae.training.world import current
+
+            world = current()
+            world.report_failure(str(err))
+            where = f" (rank {rank} of {os.environ['WORLD_SIZE']})"
+        print(f"lagvae: error{where}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lagvae: interrupted; the last saved checkpoint is intact", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:
+            from lagvae.training.world import leave
+
+            leave()
     return 0
 
 

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
+from lagvae import draws
 from lagvae.models.linear_ce import twice_differentiable
 from lagvae.models.vae import VAE
 from lagvae.objectives import gaussian_kl
@@ -41,7 +42,7 @@ def svi_refine(
             logvar = logvar.detach().requires_grad_()
         v_mu, v_lv = torch.zeros_like(mu), torch.zeros_like(logvar)
         for k in range(steps):
-            eps = noise[k] if noise is not None else torch.randn_like(mu)
+            eps = noise[k] if noise is not None else draws.randn(tuple(mu.shape), mu)
             z = (mu + (0.5 * logvar).exp() * eps).unsqueeze(1)
             elbo = model.log_prob(x, z).squeeze(1) - gaussian_kl(mu, logvar)
             g_mu, g_lv = torch.autograd.grad(elbo.sum(), (mu, logvar), create_graph=create_graph)

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from lagvae import draws
+from lagvae.draws import Rows
 from lagvae.models.vae import VAE
 from lagvae.objectives import gaussian_kl, iw_bound, log_importance_weights, log_normal, reparameterize
 
+if TYPE_CHECKING:
+    from lagvae.training.world import World
+
 
 def iw_log_likelihood(
-    model: VAE, x: Tensor, k: int, max_memory_mb: float = 512, posterior: tuple[Tensor, Tensor] | None = None
+    model: VAE,
+    x: Tensor,
+    k: int,
+    max_memory_mb: float = 512,
+    posterior: tuple[Tensor, Tensor] | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded in memory-bounded chunks."""
     mu, logvar = posterior if posterior is not None else model.posterior(x)
     if x.shape[0] > 1 and sample_bytes(model, x) > max_memory_mb * 2**20:
         half = x.shape[0] // 2  # even one sample of the whole batch does not fit: split the batch
         parts = [(x[:half], mu[:half], logvar[:half]), (x[half:], mu[half:], logvar[half:])]
-        return torch.cat([iw_log_likelihood(model, xs, k, max_memory_mb, (m, lv)) for xs, m, lv in parts])
+        return torch.cat([iw_log_likelihood(model, xs, k, max_memory_mb, (m, lv), generator) for xs, m, lv in parts])
     chunk = samples_per_chunk(model, x, k, max_memory_mb)
     log_w = []
     for start in range(0, k, chunk):
-        z = reparameterize(mu, logvar, min(chunk, k - start))
+        z = reparameterize(mu, logvar, min(chunk, k - start), generator)
         log_w.append(log_importance_weights(model.log_prob(x, z), z, mu, logvar))
     return iw_bound(torch.cat(log_w, dim=1))
 
@@ -83,13 +94,24 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: VAE, batches: Iterable[Tensor], iw_samples: int = 0, max_memory_mb: float = 512
+    model: VAE,
+    batches: Iterable[Tensor | tuple[Tensor, Rows | None]],
+    iw_samples: int = 0,
+    max_memory_mb: float = 512,
+    world: World | None = None,
+    iw_generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Per-example means of elbo, rec, kl, mi (per-minibatch aggregate, size-weighted) and au over all batches.
 
     With iw_samples > 0 also nll (IW bound with K = iw_samples, decoded within max_memory_mb); `ppl` uses nll
     when present, else -elbo.
     Everything is at KL weight 1. The model is put in eval mode (no dropout) and restored afterwards.
+
+    Sharded over processes (`world`, batches of (this rank's rows, Rows)), every rank gathers each global
+    batch's posterior parameters, so KL, I_q (whose aggregate posterior is the global minibatch's, as in
+    one process) and AU (over every example's mean) are the one-process numbers; reconstruction, IW and
+    unit counts are summed over the ranks. The IW samples then come from `iw_generator`, this rank's own
+    stream, so the shared stream that keeps the ranks' other draws equal is left alone.
     """
     was_training = model.training
     model.eval()
@@ -97,20 +119,31 @@ def evaluate(
     n = 0
     units = 0
     mus = []
-    for x in batches:
-        mu, logvar = model.posterior(x)
-        z = reparameterize(mu, logvar, 1)
+    for item in batches:
+        x, rows = item if isinstance(item, tuple) else (item, None)
+        with draws.sharded(rows):
+            mu, logvar = model.posterior(x)
+            z = reparameterize(mu, logvar, 1)
         rec = -model.log_prob(x, z).squeeze(1)
-        b = x.shape[0]
         sums["rec"] += float(rec.sum())
-        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
-        sums["mi"] += float(mutual_information(mu, logvar)) * b
+        mu_all, logvar_all = mu, logvar
+        if world is not None and rows is not None:
+            d = mu.shape[1]
+            mu_all, logvar_all = world.gather_rows(torch.cat([mu, logvar], dim=1), rows).split(d, dim=1)
+        b = mu_all.shape[0]
+        sums["kl"] += float(gaussian_kl(mu_all, logvar_all).sum())
+        sums["mi"] += float(mutual_information(mu_all, logvar_all)) * b
         if iw_samples > 0:
-            sums["nll"] += float(-iw_log_likelihood(model, x, iw_samples, max_memory_mb, (mu, logvar)).sum())
-        mus.append(mu)
+            log_px = iw_log_likelihood(model, x, iw_samples, max_memory_mb, (mu, logvar), iw_generator)
+            sums["nll"] += float(-log_px.sum())
+        mus.append(mu_all)
         n += b
         units += int(model.n_units(x))
     model.train(was_training)
+    if world is not None and world.distributed:
+        local = torch.tensor([sums["rec"], sums["nll"], float(units)], dtype=torch.float64)
+        sums["rec"], sums["nll"], total_units = world.all_reduce_(local).tolist()
+        units = int(total_units)
     out = {key: value / n for key, value in sums.items()}
     out["elbo"] = -(out["rec"] + out["kl"])
     out["au"] = int(active_units(torch.cat(mus)))

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from lagvae import draws
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -38,9 +40,9 @@ def log_normal(z: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(-1)
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, n_samples: int) -> Tensor:
+def reparameterize(mu: Tensor, logvar: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
     """z_s = mu + e^(logvar/2) * eps_s, eps_s ~ N(0, I); returns [B, S, D]."""
-    eps = torch.randn(mu.shape[0], n_samples, mu.shape[-1], device=mu.device, dtype=mu.dtype)
+    eps = draws.randn((mu.shape[0], n_samples, mu.shape[-1]), mu, generator)
     return mu.unsqueeze(1) + (0.5 * logvar).exp().unsqueeze(1) * eps
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sized
 import torch
 from torch import Tensor
 
+from lagvae.draws import Rows
+
 
 class IndexBatches:
     """Cuts a split's indices into batches each epoch; subclasses say how (`_cut`) and what a batch is (`_gather`)."""
@@ -54,3 +56,53 @@ class IndexBatches:
             self._batches = self._cut()
         i = int(torch.randint(len(self._batches), (1,), generator=self.generator))
         return self._gather(self._batches[i])
+
+
+class ShardedBatches:
+    """This process's rows of every global minibatch of `source`, as (x, Rows) pairs; one process gets (x, None).
+
+    Every rank cuts and gathers the same global batches (the same seeded generator, the same order) and keeps
+    its contiguous slice (`torch.tensor_split`, so sizes differ by at most one). A text shard keeps the global
+    batch's trimmed length, so shards have one shape and the sharded draws (lagvae.draws) line up.
+    """
+
+    def __init__(self, source: IndexBatches, rank: int = 0, world_size: int = 1) -> None:
+        self.source = source
+        self.rank = rank
+        self.world_size = world_size
+
+    def _shard(self, x: Tensor) -> tuple[Tensor, Rows | None]:
+        if self.world_size == 1:
+            return x, None
+        bounds = shard_bounds(x.shape[0], self.world_size)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        return x[lo:hi], Rows(lo, hi, x.shape[0])
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Rows | None]]:
+        return (self._shard(x) for x in self.source)
+
+    def sample(self) -> tuple[Tensor, Rows | None]:
+        return self._shard(self.source.sample())
+
+    def epoch_order(self) -> list[Tensor]:
+        return self.source.epoch_order()
+
+    def resume_epoch(self, order: list[Tensor], start: int) -> Iterator[tuple[Tensor, Rows | None]]:
+        return (self._shard(x) for x in self.source.resume_epoch(order, start))
+
+    def batch_sizes(self) -> list[int]:
+        """The global batch sizes of an epoch (all full but the last)."""
+        n, size = len(self.source.data), self.source.batch_size
+        return [size] * (n // size) + ([n % size] if n % size else [])
+
+
+def shard_bounds(n: int, world_size: int) -> list[int]:
+    """Row boundaries of `torch.tensor_split(range(n), world_size)`: rank r holds rows [b[r], b[r+1])."""
+    base, extra = divmod(n, world_size)
+    bounds = [0]
+    for r in range(world_size):
+        bounds.append(bounds[-1] + base + (1 if r < extra else 0))
+    return bounds

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import ConfigError, LagvaeError, RunConfig, apply_override, load_json, to_dict
-from lagvae.data import BatchSource, Dataset, Splits, build_data, describe
+from lagvae.data import Dataset, Splits, build_data, describe
+from lagvae.data.batches import ShardedBatches
 from lagvae.data.text import Vocab
 from lagvae.metrics import evaluate
 from lagvae.models import VAE, build_model
@@ -45,13 +46,15 @@ from lagvae.training.run_folder import (
 )
 from lagvae.training.runtime import resolve_device, setup_runtime
 from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES, kl_weight
-from lagvae.training.strategies import STRATEGIES, JointStrategy, plain_kl
+from lagvae.training.strategies import STRATEGIES, Batch, JointStrategy, plain_kl, sharded_free_bits
+from lagvae.training.world import SINGLE, World, check_shards, join, prepare_model
 
 log = logging.getLogger("lagvae")
 KL_TERMS = ("plain", "free-bits")
 # Settings a resumed run may change; anything else must match the run folder's config.json.
 RESUMABLE = ("train.epochs", "train.checkpoint_minutes", "threads", "progress", "device")
 TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
+IW_RANK_STRIDE = 1_000_003  # rank r's IW stream under several processes: the test's seed + this * (r + 1)
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
 REFRESH_SECONDS = 2.0  # the progress bar refreshes (and syncs with the device) at most this often
 
@@ -117,12 +120,18 @@ def set_lr(strategy: JointStrategy, lr: float) -> None:
             group["lr"] = lr
 
 
-def build_strategy(config: RunConfig, model: VAE, sample_batch: Callable[[], Tensor]) -> JointStrategy:
+def build_strategy(
+    config: RunConfig, model: VAE, sample_batch: Callable[[], Batch], world: World = SINGLE
+) -> JointStrategy:
     t = config.train
     enc = make_optimizer(model.encoder.parameters(), config, t.lr)
     dec = make_optimizer(model.decoder.parameters(), config, t.lr)
-    kl_term = partial(free_bits_kl, target=t.free_bits) if t.kl_term == "free-bits" else plain_kl
-    return STRATEGIES[t.strategy].from_config(t, model, enc, dec, kl_term, sample_batch)
+    kl_term = plain_kl
+    if t.kl_term == "free-bits":
+        kl_term = (
+            sharded_free_bits(world, t.free_bits) if world.distributed else partial(free_bits_kl, target=t.free_bits)
+        )
+    return STRATEGIES[t.strategy].from_config(t, model, enc, dec, kl_term, sample_batch, world)
 
 
 @dataclass
@@ -138,12 +147,13 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _eval_batches(data: Dataset, config: RunConfig) -> BatchSource:
-    return data.batches(config.eval.batch_size or config.train.batch_size, shuffle=False)
+def _eval_batches(data: Dataset, config: RunConfig, world: World) -> ShardedBatches:
+    source = data.batches(config.eval.batch_size or config.train.batch_size, shuffle=False)
+    return ShardedBatches(source, world.rank, world.size)  # type: ignore[arg-type]
 
 
-def _on(device: torch.device, batches: BatchSource) -> Any:
-    return (x.to(device, non_blocking=True) for x in batches)
+def _on(device: torch.device, batch: Batch) -> Batch:
+    return batch[0].to(device, non_blocking=True), batch[1]
 
 
 class Trainer:
@@ -152,13 +162,20 @@ class Trainer:
     def __init__(
         self, config: RunConfig, out_dir: Path | str, *, bar_position: int = 0, vocab: Vocab | None = None
     ) -> None:
+        """Under torchrun this process joins the run's process group (lagvae.training.world): every rank builds
+        the same data, model and generators; rank 0 alone writes the folder and shows progress."""
         validate(config)
         self.config = config
         self.folder = RunFolder(out_dir)
-        self.device = setup_runtime(config)
+        self.world, device_name = join(config.device)
+        self.main = self.world.is_main
+        self.progress = config.progress and self.main
+        self.device = setup_runtime(config, device_name, self.world.local_size)
         torch.manual_seed(config.train.seed)
         self.splits: Splits = build_data(config.data, vocab)
-        self.folder.create()  # only once the data loaded: a bad corpus leaves no empty folder behind
+        check_shards(self.world.size, config, self.splits)
+        if self.main:
+            self.folder.create()  # only once the data loaded: a bad corpus leaves no empty folder behind
         self.fingerprints = data_fingerprints(self.splits)
         for line in describe(self.splits):
             log.info(line)
@@ -168,10 +185,13 @@ class Trainer:
                 f"a {vocab_size:,}-word vocabulary: the output layer's cost and memory grow with it; "
                 f"data.max_vocab={LARGE_VOCAB} is the paper's Yelp and Yahoo setting"
             )
-        self.model = build_model(config.model, vocab_size).to(self.device)
+        self.model = prepare_model(build_model(config.model, vocab_size), self.world, self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
-        self.train_batches = self.splits.train.batches(config.train.batch_size, shuffle=True, generator=self.generator)
-        self.strategy = build_strategy(config, self.model, lambda: self.train_batches.sample().to(self.device))
+        source = self.splits.train.batches(config.train.batch_size, shuffle=True, generator=self.generator)
+        self.train_batches = ShardedBatches(source, self.world.rank, self.world.size)  # type: ignore[arg-type]
+        self.strategy = build_strategy(
+            config, self.model, lambda: _on(self.device, self.train_batches.sample()), self.world
+        )
         t = config.train
         self.lr_rule = PlateauHalving(t.lr, t.lr_decay, t.lr_patience, t.lr_decay_min_epoch, t.max_decays)
         self.state = TrainState()
@@ -183,7 +203,7 @@ class Trainer:
 
     def _make_tracker(self) -> PosteriorTracker | None:
         e = self.config.eval
-        if e.posterior_points <= 0 or not 1 <= self.config.model.latent_dim <= 2:
+        if not self.main or e.posterior_points <= 0 or not 1 <= self.config.model.latent_dim <= 2:
             return None
         x = self.splits.val.first(e.posterior_points).to(self.device)
         return PosteriorTracker(x, latent_grid(self.config.model.latent_dim, e.posterior_grid, e.posterior_range))
@@ -191,7 +211,10 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _save_last(self, partial_epoch: dict[str, Any] | None = None) -> None:
         """last.pt: everything a resume needs; `partial_epoch` (the epoch's batch order, position and running
-        sums) when it is written inside an epoch."""
+        sums) when it is written inside an epoch. Rank 0 writes it: every rank's random streams equal rank 0's,
+        because all of them make the same global draws (lagvae.draws)."""
+        if not self.main:
+            return
         s = self.strategy
         checkpoint.save_atomic(
             {
@@ -229,10 +252,11 @@ class Trainer:
             torch.cuda.set_rng_state_all([state.cpu() for state in ckpt["cuda_rng"]])
         self.generator.set_state(ckpt["data_rng"].cpu())
         self._partial_epoch = ckpt.get("partial_epoch")
-        # A crash after an epoch's records but before last.pt would otherwise leave them twice.
-        self.folder.file(METRICS).unlink(missing_ok=True)
-        for record in self.state.history:
-            self.folder.append_metrics(record)
+        if self.main:
+            # A crash after an epoch's records but before last.pt would otherwise leave them twice.
+            self.folder.file(METRICS).unlink(missing_ok=True)
+            for record in self.state.history:
+                self.folder.append_metrics(record)
         npz = self.folder.file(POSTERIOR_NPZ)
         if self.tracker is not None and npz.exists():
             try:
@@ -247,20 +271,20 @@ class Trainer:
             self.tracker.true_means = list(saved["true_mean"][keep])
             self.tracker.encoder_means = list(saved["encoder_mean"][keep])
 
-    def _progress(self, batches: BatchSource, desc: str) -> Iterable[Tensor]:
+    def _progress(self, batches: ShardedBatches, desc: str) -> Iterable[Batch]:
         """The batches on the device, behind a bar with an ETA (evaluation can take minutes)."""
         return tqdm(
-            _on(self.device, batches),
+            (_on(self.device, b) for b in batches),
             total=len(batches),
             desc=desc,
-            disable=not self.config.progress,
+            disable=not self.progress,
             position=self.bar_position,
             leave=False,
             dynamic_ncols=True,
         )
 
     def _provenance(self) -> dict[str, Any]:
-        return {**environment(self.device), "data": self.fingerprints}
+        return {**environment(self.device, self.world.size), "data": self.fingerprints}
 
     def check_data(self) -> None:
         """Refuse data that differ from the run's (runs from before provenance.json are not checked)."""
@@ -269,11 +293,12 @@ class Trainer:
             check_same_data(saved["data"], self.fingerprints, self.folder.path)
 
     def _load_best(self) -> None:
+        self.world.barrier()  # rank 0 has written best.pt
         self.model.load_state_dict(checkpoint.load(self.folder.file(BEST), self.device)["model"])
 
     # ---- training ----------------------------------------------------------------------------------------
     def _snapshot(self, epoch: int) -> None:
-        if self.tracker is None:
+        if self.tracker is None:  # no 1-2-d latent, or not rank 0
             return
         self.tracker.snapshot(self.model, self.state.step, epoch)
         arrays = self.tracker.arrays()
@@ -287,12 +312,12 @@ class Trainer:
         bar = tqdm(
             total=iters,
             desc=f"{cfg.train.method} epoch {epoch}",
-            disable=not cfg.progress,
+            disable=not self.progress,
             position=self.bar_position,
             leave=False,
             dynamic_ncols=True,
         )
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum: Tensor | float = torch.zeros((), device=self.device)
         inner_sum, count, beta, seconds = 0, 0, 1.0, 0.0
         partial, self._partial_epoch = self._partial_epoch, None
         if partial is not None:  # resuming inside this epoch, from a mid-epoch last.pt
@@ -330,23 +355,31 @@ class Trainer:
             if self.clock() - last_shown >= REFRESH_SECONDS:
                 show(inner_now)
 
-        self.strategy.on_inner_step = on_inner_step if cfg.progress else None
+        self.strategy.on_inner_step = on_inner_step if self.progress else None
         start = time.perf_counter()
         bar.update(count)
-        for x in (b.to(self.device, non_blocking=True) for b in batches):
+        for x, rows in (_on(self.device, b) for b in batches):
             beta = kl_weight(st.step, cfg.train, iters, st.cycle_epochs)
-            stats = self.strategy.step(x, beta)
+            stats = self.strategy.step(x, beta, rows)
             st.step += 1
-            loss_sum += stats.loss
             inner_sum += stats.inner_steps
             count += 1
+            due = save_every > 0 and self.clock() - last_saved >= save_every
+            if self.world.distributed:
+                # One small all-reduce a step: the global loss, and a checkpoint or stop if any rank asks
+                stop, due_any, step_loss = self.world.agree([self._stop_requested, due, float(stats.loss)])
+                self._stop_requested, due = stop > 0, due_any > 0
+                loss_sum += step_loss
+                if not np.isfinite(step_loss):
+                    show()  # raises NonFiniteLossError on every rank at the same step
+            else:
+                loss_sum += stats.loss
             if count == iters or self.clock() - last_shown >= REFRESH_SECONDS:
                 show()
             if epoch == 0 and snap_every and st.step % snap_every == 0 and st.step < iters:
                 seconds += time.perf_counter() - start
                 self._snapshot(epoch)
                 start = time.perf_counter()
-            due = save_every > 0 and self.clock() - last_saved >= save_every
             if count < iters and (due or self._stop_requested):
                 here = {"order": self.train_batches.epoch_order(), "count": count, "inner_sum": inner_sum}
                 here |= {"beta": beta, "loss_sum": float(loss_sum)}
@@ -373,6 +406,15 @@ class Trainer:
         (train_and_evaluate checks which before any file is touched), so config.json describes this run."""
         cfg, st = self.config, self.state
         st.cycle_epochs = st.cycle_epochs or cfg.train.epochs
+        if self.main:
+            self._write_run_files()
+        val_batches = _eval_batches(self.splits.val, cfg, self.world)
+        with _sigterm_sets(self):
+            self._epochs(val_batches)
+        return st
+
+    def _write_run_files(self) -> None:
+        cfg, st = self.config, self.state
         self.folder.write_config(cfg)  # a resume may have changed a RESUMABLE field
         if st.step == 0:  # a new run; a resumed one wrote these when it started, from the same (hashed) data
             save_json_atomic(self._provenance(), self.folder.file(PROVENANCE))
@@ -381,12 +423,8 @@ class Trainer:
             if self.splits.stats:
                 save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
             self._snapshot(0)
-        val_batches = _eval_batches(self.splits.val, cfg)
-        with _sigterm_sets(self):
-            self._epochs(val_batches)
-        return st
 
-    def _epochs(self, val_batches: BatchSource) -> None:
+    def _epochs(self, val_batches: ShardedBatches) -> None:
         cfg, st = self.config, self.state
         while st.epoch < cfg.train.epochs and not st.stopped:
             epoch = st.epoch
@@ -394,7 +432,7 @@ class Trainer:
             lr = self.lr_rule.lr
             train = self._train_epoch(epoch)
             start = time.perf_counter()
-            val = evaluate(self.model, self._progress(val_batches, f"validation after epoch {epoch}"))
+            val = evaluate(self.model, self._progress(val_batches, f"validation after epoch {epoch}"), world=self.world)
             if not np.isfinite(val["elbo"]):
                 raise NonFiniteLossError(
                     f"non-finite validation ELBO after epoch {epoch}; "
@@ -414,11 +452,14 @@ class Trainer:
                 "inner_steps": train["inner_steps"],
                 "train_seconds": st.train_seconds,
             }
-            self.folder.append_metrics(record)
             st.history.append(record)
             if decision.improved:
                 st.best_epoch = epoch
-                checkpoint.save_atomic({"model": self.model.state_dict(), "epoch": epoch}, self.folder.file(BEST))
+            if self.main:
+                self.folder.append_metrics(record)
+                if decision.improved:
+                    best = {"model": self.model.state_dict(), "epoch": epoch}
+                    checkpoint.save_atomic(best, self.folder.file(BEST))
             if decision.decay:
                 self._load_best()
                 set_lr(self.strategy, self.lr_rule.lr)
@@ -433,14 +474,19 @@ class Trainer:
     def test(self) -> dict[str, Any]:
         """Reload the best-validation model and write final.json with IW-NLL (K = eval.iw_samples) on test."""
         self._load_best()
-        batches = _eval_batches(self.splits.test, self.config)
+        batches = _eval_batches(self.splits.test, self.config, self.world)
         e = self.config.eval
         # The test draws from its own seeded stream, so `eval` reproduces final.json whatever training drew.
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.config.train.seed + TEST_SEED_OFFSET)
+            seed = self.config.train.seed + TEST_SEED_OFFSET
+            torch.manual_seed(seed)
+            iw_generator = None  # one process: the IW samples continue the test's stream
+            if self.world.distributed:  # each rank's IW samples: its own stream, reproducible per world size
+                iw_generator = torch.Generator(self.device).manual_seed(seed + IW_RANK_STRIDE * (1 + self.world.rank))
             desc = f"test (IW, K = {e.iw_samples})"
-            results = evaluate(self.model, self._progress(batches, desc), e.iw_samples, e.max_memory_mb)
+            progress = self._progress(batches, desc)
+            results = evaluate(self.model, progress, e.iw_samples, e.max_memory_mb, self.world, iw_generator)
         results.update(
             method=self.config.train.method,
             train_seconds=self.state.train_seconds,
@@ -449,7 +495,8 @@ class Trainer:
             iw_samples=e.iw_samples,
             provenance=self._provenance(),
         )
-        self.folder.write_final(results)
+        if self.main:
+            self.folder.write_final(results)
         return results
 
 
@@ -494,6 +541,7 @@ def train_and_evaluate(
     mode = ("yes" if resume else "no") if isinstance(resume, bool) else resume
     if mode not in RESUME_MODES:
         raise ConfigError(f"unknown resume mode {resume!r}; choose from {', '.join(RESUME_MODES)}")
+    world, _ = join(config.device)
     folder = RunFolder(out_dir)
     if overwrite and mode != "no":
         raise ConfigError("--overwrite starts a new run and --resume continues one; choose one")
@@ -510,7 +558,9 @@ def train_and_evaluate(
                 f"{folder.path} already holds a run; --resume continues it, --overwrite deletes it and starts "
                 "again, --resume auto continues it when it can and starts otherwise"
             )
-        folder.clear()
+        world.barrier()  # every rank has read the folder before rank 0 clears it
+        if world.is_main:
+            folder.clear()
     trainer = Trainer(config, out_dir, bar_position=bar_position)
     if mode == "yes":
         trainer.resume()

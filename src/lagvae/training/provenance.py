@@ -44,7 +44,8 @@ def _commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
+    """What ran the run: versions, commit, device, threads per process and the number of processes."""
     try:
         version = metadata.version("lagvae")
     except metadata.PackageNotFoundError:
@@ -55,7 +56,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "world_size": 1,
+        "world_size": world_size,
     }
 
 

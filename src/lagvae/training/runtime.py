@@ -25,8 +25,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def choose_threads(config: RunConfig, device: torch.device) -> int:
-    """config.threads when set; 1 on GPU; otherwise every core (at most 8).
+def choose_threads(config: RunConfig, device: torch.device, processes: int = 1) -> int:
+    """config.threads when set; 1 on GPU; otherwise this process's share of the cores (at most 8), when
+    `processes` of one run share the machine.
 
     One run alone on the 2-core machine is faster on 2 threads even for the tiny synthetic model
     (docs/BENCHMARKS.md: 1.08x joint steps, 1.46x aggressive inner steps). Several runs at once must not
@@ -37,10 +38,11 @@ def choose_threads(config: RunConfig, device: torch.device) -> int:
         return config.threads
     if device.type != "cpu":
         return 1
-    return max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
+    return max(1, min(MAX_AUTO_THREADS, (os.cpu_count() or 1) // processes))
 
 
-def setup_runtime(config: RunConfig) -> torch.device:
-    device = resolve_device(config.device)
-    torch.set_num_threads(choose_threads(config, device))
+def setup_runtime(config: RunConfig, device_name: str | None = None, processes: int = 1) -> torch.device:
+    """Resolve the device (`device_name` overrides config.device: a rank's own GPU) and set the thread count."""
+    device = resolve_device(device_name or config.device)
+    torch.set_num_threads(choose_threads(config, device, processes))
     return device

@@ -10,22 +10,55 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lagvae import draws
 from lagvae.config import TrainConfig
+from lagvae.draws import Rows
 from lagvae.inference import svi_refine
 from lagvae.models.vae import VAE
-from lagvae.objectives import elbo
+from lagvae.objectives import elbo, free_bits_kl
 from lagvae.training.flat_grads import FlatGrads
+from lagvae.training.world import SINGLE, World
 
 KLTerm = Callable[[Tensor], Tensor]  # KL per dimension [B, D] -> the per-example KL term in the loss [B]
+
+
+Batch = tuple[Tensor, Rows | None]  # this process's rows of a global minibatch (None: the whole, one process)
 
 
 def plain_kl(kl_per_dim: Tensor) -> Tensor:
     return kl_per_dim.sum(-1)
 
 
+def sharded_free_bits(world: World, target: float) -> KLTerm:
+    """Free bits whose per-dimension batch mean spans the global batch, so a sharded step equals one process's.
+
+    A rank's loss is the sum over its rows divided by the global count, so the constant term is weighted by
+    total/count to give this rank the whole gradient through its own rows' KL; the ranks' summed gradients
+    then equal the one-process gradient, and the summed values its value.
+    """
+
+    def term(kl_per_dim: Tensor) -> Tensor:
+        rows = draws.current_rows()
+        if rows is None:
+            return free_bits_kl(kl_per_dim, target)
+        local = kl_per_dim.sum(0)
+        summed = local + (world.all_reduce_(local.detach().clone()) - local.detach())
+        per_dim = (summed / rows.total).clamp(min=target).sum()
+        value = per_dim.detach()
+        return (value + (per_dim - value) * (rows.total / rows.count)).expand(rows.count)
+
+    return term
+
+
+def shard_mean(loss: Tensor, rows: Rows | None) -> Tensor:
+    """The global batch mean's share from this process's rows: sum / global count (summed over ranks: the mean)."""
+    return loss.mean() if rows is None else loss.sum() / rows.total
+
+
 @dataclass
 class StepStats:
-    """Detached per-example means of one outer step, and how many encoder-only steps preceded it."""
+    """Detached per-example means of one outer step (this rank's shares of them when sharded), and how many
+    encoder-only steps preceded it."""
 
     loss: Tensor
     rec: Tensor
@@ -45,8 +78,10 @@ class JointStrategy:
         dec_opt: torch.optim.Optimizer,
         clip_grad: float,
         kl_term: KLTerm = plain_kl,
+        world: World = SINGLE,
     ) -> None:
         self.model = model
+        self.world = world
         self.enc_opt = enc_opt
         self.dec_opt = dec_opt
         self.clip_grad = clip_grad
@@ -63,21 +98,24 @@ class JointStrategy:
         enc_opt: torch.optim.Optimizer,
         dec_opt: torch.optim.Optimizer,
         kl_term: KLTerm,
-        sample_batch: Callable[[], Tensor],
+        sample_batch: Callable[[], Batch],
+        world: World = SINGLE,
     ) -> JointStrategy:
         """The strategy `t` describes; subclasses add their own fields through `_options`."""
-        return cls(model, enc_opt, dec_opt, t.clip_grad, kl_term=kl_term, **cls._options(t, sample_batch))
+        options = cls._options(t, sample_batch)
+        return cls(model, enc_opt, dec_opt, t.clip_grad, kl_term=kl_term, world=world, **options)
 
     @staticmethod
-    def _options(t: TrainConfig, sample_batch: Callable[[], Tensor]) -> dict[str, Any]:
+    def _options(t: TrainConfig, sample_batch: Callable[[], Batch]) -> dict[str, Any]:
         return {}
 
     def _combine(self, rec: Tensor, kl_per_dim: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor]:
         """(per-example loss -ELBO_beta with the strategy's KL term, rec, the plain KL that is reported)."""
         return -elbo(-rec, self.kl_term(kl_per_dim), kl_weight), rec, kl_per_dim.sum(-1)
 
-    def _loss(self, x: Tensor, kl_weight: float) -> tuple[Tensor, Tensor, Tensor]:
-        return self._combine(*self.model.loss_terms(x), kl_weight)
+    def _loss(self, x: Tensor, kl_weight: float, rows: Rows | None) -> tuple[Tensor, Tensor, Tensor]:
+        with draws.sharded(rows):
+            return self._combine(*self.model.loss_terms(x), kl_weight)
 
     def _update(self, loss: Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Backpropagate into every parameter, clip the norm over all of them, then step only `optimizers`.
@@ -92,18 +130,22 @@ class JointStrategy:
         self._clip_and_step(optimizers)
 
     def _clip_and_step(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        # Each rank's gradient is of its rows' share of the global mean, so their sum is the one-process
+        # gradient; one all-reduce of the flat buffer covers every path, SA-VAE's unrolled backward included.
+        self.world.all_reduce_(self.grads.buffer)
         if self.clip_grad > 0:
             self.grads.clip_(self.clip_grad)
         for optimizer in optimizers:
             optimizer.step()
 
-    def _joint_step(self, x: Tensor, kl_weight: float, inner_steps: int = 0) -> StepStats:
-        loss, rec, kl = self._loss(x, kl_weight)
-        self._update(loss.mean(), (self.enc_opt, self.dec_opt))
-        return StepStats(loss.detach().mean(), rec.detach().mean(), kl.detach().mean(), inner_steps)
+    def _joint_step(self, x: Tensor, kl_weight: float, rows: Rows | None) -> StepStats:
+        loss, rec, kl = self._loss(x, kl_weight, rows)
+        self._update(shard_mean(loss, rows), (self.enc_opt, self.dec_opt))
+        return _stats(loss, rec, kl, rows)
 
-    def step(self, x: Tensor, kl_weight: float) -> StepStats:
-        return self._joint_step(x, kl_weight)
+    def step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> StepStats:
+        """One outer step on x: the whole minibatch, or this process's `rows` of it."""
+        return self._joint_step(x, kl_weight, rows)
 
     def end_epoch(self, val: dict[str, float]) -> None:
         """Joint training has no epoch-level decision."""
@@ -118,14 +160,21 @@ class JointStrategy:
         pass
 
 
+def _stats(loss: Tensor, rec: Tensor, kl: Tensor, rows: Rows | None, inner_steps: int = 0) -> StepStats:
+    parts = (shard_mean(t.detach(), rows) for t in (loss, rec, kl))
+    return StepStats(*parts, inner_steps=inner_steps)
+
+
 class InnerLoopStop:
     """When to end the encoder-only loop: every `window` steps compare the window's mean loss per unit
     (token or pixel) with the previous window's; stop when it rose, or after `max_steps` steps.
 
-    Losses stay tensors until a window closes, so there is one host sync per window, not per step.
+    Losses stay tensors until a window closes, so there is one host sync per window, not per step. Across
+    processes, `world` sums each window's loss and units over the ranks, so every rank stops at the same step.
     """
 
-    def __init__(self, window: int = 15, max_steps: int = 100) -> None:
+    def __init__(self, window: int = 15, max_steps: int = 100, world: World = SINGLE) -> None:
+        self.world = world
         self.window = window
         self.max_steps = max_steps
         self.steps = 0
@@ -140,7 +189,12 @@ class InnerLoopStop:
         self._units = self._units + units
         stop = False
         if self.steps % self.window == 0:
-            current = float(self._sum / self._units)
+            if self.world.distributed:
+                pair = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in (self._sum, self._units)])
+                self.world.all_reduce_(pair)
+                current = float(pair[0] / pair[1])
+            else:
+                current = float(self._sum / self._units)
             stop = self.previous is not None and current > self.previous
             self.previous = current
             self._sum, self._units = 0.0, 0.0
@@ -161,13 +215,14 @@ class AggressiveStrategy(JointStrategy):
         enc_opt: torch.optim.Optimizer,
         dec_opt: torch.optim.Optimizer,
         clip_grad: float,
-        sample_batch: Callable[[], Tensor],
+        sample_batch: Callable[[], Batch],
         window: int = 15,
         max_inner: int = 100,
         kl_term: KLTerm = plain_kl,
         mi_patience: int = 0,
+        world: World = SINGLE,
     ) -> None:
-        super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term)
+        super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term, world)
         self.sample_batch = sample_batch
         self.window = window
         self.max_inner = max_inner
@@ -178,7 +233,7 @@ class AggressiveStrategy(JointStrategy):
         self.mi_not_improved = 0
 
     @staticmethod
-    def _options(t: TrainConfig, sample_batch: Callable[[], Tensor]) -> dict[str, Any]:
+    def _options(t: TrainConfig, sample_batch: Callable[[], Batch]) -> dict[str, Any]:
         return {
             "sample_batch": sample_batch,
             "window": t.agg_window,
@@ -186,23 +241,23 @@ class AggressiveStrategy(JointStrategy):
             "mi_patience": t.agg_mi_patience,
         }
 
-    def step(self, x: Tensor, kl_weight: float) -> StepStats:
+    def step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> StepStats:
         if not self.aggressive:
-            return self._joint_step(x, kl_weight)
-        stopper = InnerLoopStop(self.window, self.max_inner)
-        batch = x  # the first inner batch is the current one, later ones are random
-        while not stopper.update(self.encoder_step(batch, kl_weight), self.model.n_units(batch)):
+            return self._joint_step(x, kl_weight, rows)
+        stopper = InnerLoopStop(self.window, self.max_inner, self.world)
+        batch = (x, rows)  # the first inner batch is the current one, later ones are random
+        while not stopper.update(self.encoder_step(batch[0], kl_weight, batch[1]), self.model.n_units(batch[0])):
             if self.on_inner_step is not None:
                 self.on_inner_step(stopper.steps)
             batch = self.sample_batch()
-        loss, rec, kl = self._loss(x, kl_weight)
-        self._update(loss.mean(), (self.dec_opt,))
-        return StepStats(loss.detach().mean(), rec.detach().mean(), kl.detach().mean(), stopper.steps)
+        loss, rec, kl = self._loss(x, kl_weight, rows)
+        self._update(shard_mean(loss, rows), (self.dec_opt,))
+        return _stats(loss, rec, kl, rows, stopper.steps)
 
-    def encoder_step(self, x: Tensor, kl_weight: float) -> Tensor:
+    def encoder_step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> Tensor:
         """One inner-loop update of the encoder alone on `x`; returns the batch's summed loss (detached)."""
-        loss, _, _ = self._loss(x, kl_weight)
-        self._update(loss.mean(), (self.enc_opt,))
+        loss, _, _ = self._loss(x, kl_weight, rows)
+        self._update(shard_mean(loss, rows), (self.enc_opt,))
         return loss.detach().sum()
 
     def end_epoch(self, val: dict[str, float]) -> None:
@@ -260,28 +315,30 @@ class SemiAmortizedStrategy(JointStrategy):
         svi_lr: float = 1.0,
         svi_momentum: float = 0.5,
         kl_term: KLTerm = plain_kl,
+        world: World = SINGLE,
     ) -> None:
-        super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term)
+        super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term, world)
         self.svi = {"steps": svi_steps, "lr": svi_lr, "momentum": svi_momentum}
         model.refine = partial(svi_refine, **self.svi)
 
     @staticmethod
-    def _options(t: TrainConfig, sample_batch: Callable[[], Tensor]) -> dict[str, Any]:
+    def _options(t: TrainConfig, sample_batch: Callable[[], Batch]) -> dict[str, Any]:
         # Kim et al. step on the batch-mean loss, so lr 1 there is lr 1/B on one example's ELBO. Taking lr 1
         # per example (B times theirs) let the refined log-variance run off to overflow in 3 of 6 grid runs.
         return {"svi_steps": t.svi_steps, "svi_lr": t.svi_lr / t.batch_size, "svi_momentum": t.svi_momentum}
 
-    def step(self, x: Tensor, kl_weight: float) -> StepStats:
+    def step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> StepStats:
         model = self.model
-        mu0, logvar0 = model.encode(x)
-        mu, logvar = svi_refine(model, x, mu0, logvar0, **self.svi, create_graph=True)
-        enc_loss, _, _ = self._combine(*model.terms_at(x, mu, logvar), kl_weight)
-        dec_loss, rec, kl = self._combine(*model.terms_at(x, mu.detach(), logvar.detach()), kl_weight)
+        with draws.sharded(rows):
+            mu0, logvar0 = model.encode(x)
+            mu, logvar = svi_refine(model, x, mu0, logvar0, **self.svi, create_graph=True)
+            enc_loss, _, _ = self._combine(*model.terms_at(x, mu, logvar), kl_weight)
+            dec_loss, rec, kl = self._combine(*model.terms_at(x, mu.detach(), logvar.detach()), kl_weight)
         self.grads.zero_()
-        enc_loss.mean().backward(inputs=self.grads.encoder_params)
-        dec_loss.mean().backward(inputs=self.grads.decoder_params)
+        shard_mean(enc_loss, rows).backward(inputs=self.grads.encoder_params)
+        shard_mean(dec_loss, rows).backward(inputs=self.grads.decoder_params)
         self._clip_and_step((self.enc_opt, self.dec_opt))
-        return StepStats(dec_loss.detach().mean(), rec.detach().mean(), kl.detach().mean())
+        return _stats(dec_loss, rec, kl, rows)
 
 
 STRATEGIES: dict[str, type[JointStrategy]] = {
