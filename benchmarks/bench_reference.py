@@ -159,7 +159,7 @@ def bench_preset(name: str, threads: int, seconds: float, iw_pool: int, tmp: str
     torch.set_num_threads(threads)
 
     # The authors batch sentences of one length: keep lagvae's batches that hold no padding.
-    batches = [b for b in (agg.train_batches.sample() for _ in range(200)) if bool((b != PAD_ID).all())][:40]
+    batches = [b for b in (agg.train_batches.sample()[0] for _ in range(200)) if bool((b != PAD_ID).all())][:40]
     m = config.model
     vocab = len(agg.splits.vocab)
     enc = RefEncoder(vocab, m.embed_dim, m.enc_hidden, m.latent_dim)

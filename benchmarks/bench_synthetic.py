@@ -11,12 +11,12 @@ import time
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor
 
-from lagvae.data import BatchSource
+from lagvae.data.batches import ShardedBatches
 from lagvae.experiments.presets import make_config
 from lagvae.metrics import iw_log_likelihood
 from lagvae.training.loop import Trainer
+from lagvae.training.strategies import Batch
 
 
 def _trainer(method: str, tmp: str, threads: int) -> Trainer:
@@ -26,7 +26,7 @@ def _trainer(method: str, tmp: str, threads: int) -> Trainer:
     return Trainer(config, f"{tmp}/{method}")
 
 
-def _forever(batches: BatchSource) -> Iterator[Tensor]:
+def _forever(batches: ShardedBatches) -> Iterator[Batch]:
     while True:
         yield from batches
 
@@ -37,7 +37,8 @@ def steps_per_second(trainer: Trainer, seconds: float) -> tuple[float, float]:
     steps, inner = 0, 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        inner += trainer.strategy.step(next(batches), 1.0).inner_steps
+        x, rows = next(batches)
+        inner += trainer.strategy.step(x, 1.0, rows).inner_steps
         steps += 1
     return steps / (time.perf_counter() - start), inner / steps
 

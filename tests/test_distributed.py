@@ -128,9 +128,11 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, method: str, out: str) -> None:
-    """One rank of a run, joined as torchrun would join it; records each outer step's inner-step count."""
-    os.environ |= {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)}
-    os.environ |= {"LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    """One rank of a run, joined as torchrun would join it (world 1: a plain run, no process group); records
+    each outer step's inner-step count."""
+    if world > 1:
+        os.environ |= {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)}
+        os.environ |= {"LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     from lagvae.training.loop import Trainer
     from lagvae.training.world import leave
 

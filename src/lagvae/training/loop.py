@@ -482,7 +482,7 @@ class Trainer:
             seed = self.config.train.seed + TEST_SEED_OFFSET
             torch.manual_seed(seed)
             iw_generator = None  # one process: the IW samples continue the test's stream
-            if self.world.distributed:  # each rank's IW samples: its own stream, reproducible per world size
+            if self.world.size > 1:  # each rank's IW samples: its own stream, reproducible per world size
                 iw_generator = torch.Generator(self.device).manual_seed(seed + IW_RANK_STRIDE * (1 + self.world.rank))
             desc = f"test (IW, K = {e.iw_samples})"
             progress = self._progress(batches, desc)

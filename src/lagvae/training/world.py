@@ -38,6 +38,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    joined: bool = False  # in a torch.distributed process group (torchrun), even of one process
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +47,8 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """Collectives run: under torchrun, so `--nproc_per_node=1` exercises the same code (NCCL on a GPU)."""
+        return self.joined
 
     def all_reduce_(self, t: Tensor) -> Tensor:
         """Sum `t` over the ranks, in place (every rank gets the same result)."""
@@ -103,7 +105,7 @@ def current() -> World:
         return SINGLE
     size = dist.get_world_size()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
-    return World(dist.get_rank(), size, int(os.environ.get("LOCAL_RANK", "0")), local)
+    return World(dist.get_rank(), size, int(os.environ.get("LOCAL_RANK", "0")), local, joined=True)
 
 
 def _comm_device() -> torch.device:
@@ -119,19 +121,22 @@ def _collective(op: object, *args: object) -> None:
 
 
 def _peer_failure(err: Exception) -> str:
-    reason = "another process of the run stopped"
+    """Why the group broke: the failing rank's own line when it left one, else the transport's error."""
+    resume = "the run folder is resumable (--resume auto)"
     try:
         store = dist.distributed_c10d._get_default_store()
         if store.check([FAILED_KEY]):
-            reason = f"stopped because {store.get(FAILED_KEY).decode()}"
+            return f"stopped because {store.get(FAILED_KEY).decode()}; {resume}"
     except Exception:  # noqa: BLE001 - the store lives in the process that failed, or in torchrun
         pass
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"{reason} ({first[:200]})"
+    return f"another process of the run died without a message (torchrun's summary names it: {first[:160]}); {resume}"
 
 
 def launched_size() -> int:
-    """WORLD_SIZE as torchrun set it (1 when not launched by torchrun)."""
+    """WORLD_SIZE as torchrun set it; 0 when not launched by torchrun (no RANK)."""
+    if "RANK" not in os.environ:
+        return 0
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -144,7 +149,7 @@ def join(device_name: str, timeout_minutes: float = 30.0) -> tuple[World, str]:
     Each rank takes one device: cuda:LOCAL_RANK under NCCL, the CPU under gloo.
     """
     size = launched_size()
-    if size <= 1:
+    if size == 0:
         return SINGLE, device_name
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
@@ -160,10 +165,16 @@ def join(device_name: str, timeout_minutes: float = 30.0) -> tuple[World, str]:
     elif device_name == "auto":
         device_name = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group(
-            "nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes), rank=rank, world_size=size
-        )
-    return World(rank, size, local_rank, local_size), device_name
+        try:
+            dist.init_process_group(
+                "nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes), rank=rank, world_size=size
+            )
+        except (ValueError, RuntimeError, dist.DistError) as err:
+            raise ConfigError(
+                f"RANK={rank} and WORLD_SIZE={size} are set, but joining that process group failed ({err}); "
+                "launch with torchrun, or unset RANK for one process"
+            ) from None
+    return World(rank, size, local_rank, local_size, joined=True), device_name
 
 
 def leave() -> None:
@@ -196,7 +207,7 @@ def check_shards(world_size: int, config: RunConfig, splits: Splits) -> None:
 def prepare_model(model: nn.Module, world: World, device: torch.device) -> Any:
     """`model` on this rank's device with rank 0's weights; BatchNorm becomes SyncBatchNorm across processes."""
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if world.distributed and has_batchnorm:
+    if world.size > 1 and has_batchnorm:
         if device.type != "cuda":
             raise ConfigError(
                 "this model's BatchNorm must see the global batch (SyncBatchNorm), which PyTorch runs on GPUs only: "
