@@ -181,11 +181,17 @@ def _torchrun(out: Path, *extra: str) -> list[str]:
     return [*launcher, "-m", "lagvae", "train", "synthetic", "--out", str(out), *ARGS, *extra]
 
 
-def test_two_process_group_killed_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path):
-    reference = tmp_path / "uninterrupted"
-    done = subprocess.run(_torchrun(reference), capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-process run of the kill tests' settings (last.pt after every step)."""
+    out = tmp_path_factory.mktemp("ddp") / "uninterrupted"
+    done = subprocess.run(_torchrun(out), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads((reference / "provenance.json").read_text())["world_size"] == 2
+    return out
+
+
+def test_two_process_group_killed_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, two_process_run):
+    assert json.loads((two_process_run / "provenance.json").read_text())["world_size"] == 2
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         _torchrun(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -195,7 +201,41 @@ def test_two_process_group_killed_mid_epoch_resumes_to_the_uninterrupted_run(tmp
     proc.wait()
     resumed = subprocess.run(_torchrun(out, "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert _outcome(out) == _outcome(reference)
+    assert _outcome(out) == _outcome(two_process_run)
+
+
+# Rank 1 fails at its 14th outer step (epoch 1) on torchrun's first attempt only.
+FAIL_ONCE = """
+import os, sys
+from lagvae.config import LagvaeError
+from lagvae.training import strategies
+step, calls = strategies.AggressiveStrategy.step, [0]
+def failing(self, x, kl_weight, rows=None):
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and calls[0] == 14:
+        raise LagvaeError("the disk of node 7 is full")
+    return step(self, x, kl_weight, rows)
+strategies.AggressiveStrategy.step = failing
+from lagvae.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failing_rank_is_named_and_torchrun_restarts_continue_from_last_pt(tmp_path, two_process_run):
+    script = tmp_path / "fail_once.py"
+    script.write_text(FAIL_ONCE)
+    command = _torchrun(tmp_path / "run", "--resume", "auto")
+    command[command.index("-m", 4) : command.index("train")] = [str(script)]
+    command.insert(command.index("--nproc_per_node=2"), "--max-restarts=1")
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("lagvae: error")]
+    assert sorted(ours) == [
+        "lagvae: error (rank 0 of 2): stopped because rank 1: the disk of node 7 is full; "
+        "the run folder is resumable (--resume auto)",
+        "lagvae: error (rank 1 of 2): the disk of node 7 is full",
+    ]
+    assert _outcome(tmp_path / "run") == _outcome(two_process_run)
 
 
 def test_a_process_count_the_batch_cannot_share_is_one_line_before_training(tmp_path):

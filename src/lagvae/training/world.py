@@ -165,9 +165,15 @@ def join(device_name: str, timeout_minutes: float = 30.0) -> tuple[World, str]:
     elif device_name == "auto":
         device_name = "cpu"
     if not dist.is_initialized():
+        timeout = timedelta(minutes=timeout_minutes)
         try:
+            store, _, _ = next(dist.rendezvous("env://", rank, size, timeout=timeout))
+            # torchrun --standalone keeps its store across --max-restarts: without a per-attempt prefix a
+            # restarted rank can read a dead peer's address from the failed attempt (seen: connection refused)
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"lagvae/attempt-{attempt}", store)
             dist.init_process_group(
-                "nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes), rank=rank, world_size=size
+                "nccl" if cuda else "gloo", store=store, timeout=timeout, rank=rank, world_size=size
             )
         except (ValueError, RuntimeError, dist.DistError) as err:
             raise ConfigError(
