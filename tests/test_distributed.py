@@ -161,7 +161,7 @@ def _run(method: str, world: int, out: Path) -> tuple[list[dict], list[list[int]
     return records, [json.loads((out / f"inner-{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.mark.parametrize("method", ["vae", "aggressive", "free-bits"])
+@pytest.mark.parametrize("method", ["vae", "aggressive", "free-bits", "savae"])
 def test_two_gloo_processes_train_the_one_process_run(tmp_path, method):
     one, (inner_one,) = _run(method, 1, tmp_path / "one")
     two, inner_two = _run(method, 2, tmp_path / "two")
