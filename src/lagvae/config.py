@@ -94,6 +94,8 @@ class TrainConfig:
     # 0: switch aggressive off at the first fall of validation I_q (the text rule); N > 0: after N epochs
     # without a new best I_q (the paper's OMNIGLOT rule, N = 5)
     agg_mi_patience: int = 0
+    # which validation I_q estimate drives that switch-off: the paper's per-minibatch `mi`, or `mi_full`
+    agg_switch_on: str = "mi"
     lr_decay: float = 0.5
     lr_patience: int = 2  # epochs without validation improvement before a decay
     lr_decay_min_epoch: int = 15  # no decay before this epoch (the paper's text setting)
@@ -114,6 +116,23 @@ class EvalConfig:
     posterior_range: float = 3.5  # grid covers [-range, range] per latent dimension
     snapshots_epoch0: int = 4  # snapshots inside epoch 0 ...
     snapshot_epochs: int = 10  # ... then one at the end of each of the first N epochs
+    # I_q with the aggregate posterior over the whole split (mi_full); above this many examples, a seeded
+    # subsample of this size (its size is recorded as mi_full_n)
+    mi_full_max: int = 10_000
+    alarm: bool = True  # announce posterior collapse, or KL paid without information, while training
+    alarm_epochs: int = 2  # consecutive validations a condition must hold
+    alarm_mi: float = 0.05  # collapse: AU 0, mi_full below this and KL below alarm_kl
+    alarm_kl: float = 0.1
+    alarm_kl_spent: float = 1.0  # KL without information: KL above this and mi_full below alarm_ratio x KL
+    alarm_ratio: float = 0.1
+
+
+@dataclass
+class LogConfig:
+    """Where training is logged besides metrics.jsonl."""
+
+    tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard (pip install 'lagvae[tensorboard]')
+    every_steps: int = 50  # the training loss every this many outer steps
 
 
 # The config.json layout. Files without `schema` are version 0 (before it existed); every key added since
@@ -131,6 +150,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # 0: chosen from the model size (see training.runtime)
     progress: bool = True

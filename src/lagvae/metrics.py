@@ -79,6 +79,47 @@ def mutual_information(mu: Tensor, logvar: Tensor, z: Tensor | None = None) -> T
     return neg_entropy - log_qz.mean()
 
 
+# entries of the [chunk, N] matrix of log N(z_n; mu_m, var_m) that mutual_information_full holds at once
+MI_CHUNK_VALUES = 1 << 22
+
+
+def mutual_information_full(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """I_q(x;z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) = (1/N) sum_m q(z|x_m) over all N given examples.
+
+    The paper's estimator (`mutual_information`) on the whole split instead of one minibatch, so its bound is
+    log N, not log B. One z_n ~ q(z|x_n) per example, drawn from `generator` (on the CPU) so the caller's
+    random stream is untouched. log q(z_n|x_n) is taken at that sample, not as the analytic entropy, so its
+    noise cancels against log q(z_n)'s: identical posteriors (a collapsed encoder) give exactly 0. The N x N
+    log densities are two matrix products per row chunk (in float64,
+    as the expanded square cancels), so memory stays at MI_CHUNK_VALUES entries whatever N.
+    """
+    n, d = mu.shape
+    if n == 0 or d == 0:
+        return torch.zeros((), dtype=torch.float64)
+    mu, logvar = mu.double(), logvar.double()
+    eps = torch.randn(n, d, generator=generator, dtype=torch.float64).to(mu.device)
+    z = mu + (0.5 * logvar).exp() * eps
+    precision = (-logvar).exp()  # [N, D]
+    # log N(z; mu_m, var_m) = -1/2 (z^2 . p_m - 2 z . (mu p)_m + c_m), c_m = sum_d mu^2 p + logvar + log 2 pi
+    const = (mu.pow(2) * precision + logvar).sum(-1) + d * math.log(2 * math.pi)
+    log_qz = []
+    for part in z.split(max(1, MI_CHUNK_VALUES // n)):
+        log_density = -0.5 * (part.pow(2) @ precision.T - 2 * part @ (mu * precision).T + const)
+        log_qz.append(torch.logsumexp(log_density, dim=1))
+    log_qz_x = -0.5 * (eps.pow(2) + logvar).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+    return (log_qz_x - torch.cat(log_qz) + math.log(n)).mean()
+
+
+def full_split_mi(mu: Tensor, logvar: Tensor, max_examples: int, seed: int = 0) -> tuple[float, int]:
+    """(mi_full, examples used): `mutual_information_full` over every example, or over a seeded subsample of
+    `max_examples` of them when there are more."""
+    generator = torch.Generator().manual_seed(seed)
+    if mu.shape[0] > max_examples > 0:
+        keep = torch.randperm(mu.shape[0], generator=generator)[:max_examples].to(mu.device)
+        mu, logvar = mu[keep], logvar[keep]
+    return float(mutual_information_full(mu, logvar, generator)), int(mu.shape[0])
+
+
 def active_units(mu: Tensor, threshold: float = 0.01) -> Tensor:
     """AU = #{d : Cov_x(E_q(z|x)[z_d]) > threshold}, from encoder means mu [N, D]."""
     if mu.shape[0] < 2 or mu.shape[1] == 0:
@@ -100,6 +141,7 @@ def evaluate(
     max_memory_mb: float = 512,
     world: World | None = None,
     iw_generator: torch.Generator | None = None,
+    mi_full_max: int = 10_000,
 ) -> dict[str, float]:
     """Per-example means of elbo, rec, kl, mi (per-minibatch aggregate, size-weighted) and au over all batches.
 
@@ -112,13 +154,16 @@ def evaluate(
     one process) and AU (over every example's mean) are the one-process numbers; reconstruction, IW and
     unit counts are summed over the ranks. The IW samples then come from `iw_generator`, this rank's own
     stream, so the shared stream that keeps the ranks' other draws equal is left alone.
+
+    `mi_full` is I_q with the whole split's aggregate posterior (or a seeded subsample of `mi_full_max`
+    examples, their number in `mi_full_n`), from its own seeded stream (0 turns it off).
     """
     was_training = model.training
     model.eval()
     sums = {"rec": 0.0, "kl": 0.0, "mi": 0.0, "nll": 0.0}
     n = 0
     units = 0
-    mus = []
+    mus, logvars = [], []
     for item in batches:
         x, rows = item if isinstance(item, tuple) else (item, None)
         with draws.sharded(rows):
@@ -137,6 +182,7 @@ def evaluate(
             log_px = iw_log_likelihood(model, x, iw_samples, max_memory_mb, (mu, logvar), iw_generator)
             sums["nll"] += float(-log_px.sum())
         mus.append(mu_all)
+        logvars.append(logvar_all)
         n += b
         units += int(model.n_units(x))
     model.train(was_training)
@@ -147,6 +193,8 @@ def evaluate(
     out = {key: value / n for key, value in sums.items()}
     out["elbo"] = -(out["rec"] + out["kl"])
     out["au"] = int(active_units(torch.cat(mus)))
+    if mi_full_max > 0:
+        out["mi_full"], out["mi_full_n"] = full_split_mi(torch.cat(mus), torch.cat(logvars), mi_full_max)
     out["n"] = n
     total = out["nll"] if iw_samples > 0 else -out["elbo"]
     out["ppl"] = perplexity(total * n, units)

@@ -30,6 +30,7 @@ from lagvae.objectives import free_bits_kl
 from lagvae.plots import plot_posterior_means
 from lagvae.posterior import PosteriorTracker, latent_grid
 from lagvae.training import checkpoint
+from lagvae.training.alarm import alarm_message, collapse_alarm
 from lagvae.training.lr_rule import PlateauHalving
 from lagvae.training.provenance import check_same_data, data_fingerprints, environment
 from lagvae.training.run_folder import (
@@ -46,13 +47,17 @@ from lagvae.training.run_folder import (
 )
 from lagvae.training.runtime import resolve_device, setup_runtime
 from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES, kl_weight
-from lagvae.training.strategies import STRATEGIES, Batch, JointStrategy, plain_kl, sharded_free_bits
+from lagvae.training.strategies import STRATEGIES, AggressiveStrategy, Batch, JointStrategy, plain_kl, sharded_free_bits
+from lagvae.training.tensorboard_log import TensorBoardLog
 from lagvae.training.world import SINGLE, World, check_shards, join, prepare_model
 
 log = logging.getLogger("lagvae")
 KL_TERMS = ("plain", "free-bits")
 # Settings a resumed run may change; anything else must match the run folder's config.json.
-RESUMABLE = ("train.epochs", "train.checkpoint_minutes", "threads", "progress", "device")
+RESUMABLE = (
+    "train.epochs", "train.checkpoint_minutes", "threads", "progress", "device",
+    "eval.alarm", "log.tensorboard", "log.every_steps",
+)  # fmt: skip
 TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
 IW_RANK_STRIDE = 1_000_003  # rank r's IW stream under several processes: the test's seed + this * (r + 1)
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
@@ -71,6 +76,7 @@ def validate(config: RunConfig) -> None:
     """Reject settings no run can use, with one-line messages."""
     t, d, e = config.train, config.data, config.eval
     positive = {
+        "log.every_steps": config.log.every_steps,
         "train.epochs": t.epochs,
         "train.batch_size": t.batch_size,
         "train.lr": t.lr,
@@ -90,6 +96,7 @@ def validate(config: RunConfig) -> None:
     non_negative = {"model.latent_dim": config.model.latent_dim, "eval.iw_samples": e.iw_samples}
     non_negative |= {"train.agg_mi_patience": t.agg_mi_patience, "train.checkpoint_minutes": t.checkpoint_minutes}
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
+    non_negative |= {"eval.mi_full_max": e.mi_full_max, "eval.alarm_epochs": e.alarm_epochs}
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
@@ -99,10 +106,13 @@ def validate(config: RunConfig) -> None:
         "train.schedule": (t.schedule, SCHEDULES),
         "train.kl_term": (t.kl_term, KL_TERMS),
         "train.cycle_shape": (t.cycle_shape, CYCLE_SHAPES),
+        "train.agg_switch_on": (t.agg_switch_on, ("mi", "mi_full")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"unknown {key} {value!r}; choose from {', '.join(allowed)}")
+    if t.agg_switch_on == "mi_full" and e.mi_full_max == 0:
+        raise ConfigError("train.agg_switch_on=mi_full needs eval.mi_full_max > 0 (it computes mi_full)")
     if not 0 < t.cycle_ratio <= 1:
         raise ConfigError(f"train.cycle_ratio must be in (0, 1], got {t.cycle_ratio}")
 
@@ -200,6 +210,7 @@ class Trainer:
         self.clock: Callable[[], float] = time.monotonic  # tests inject a fake clock
         self._partial_epoch: dict[str, Any] | None = None  # set by resume() from a mid-epoch last.pt
         self._stop_requested = False  # set by SIGTERM: checkpoint at the next step, then stop
+        self.tensorboard: TensorBoardLog | None = None  # rank 0, while fit() runs with log.tensorboard
 
     def _make_tracker(self) -> PosteriorTracker | None:
         e = self.config.eval
@@ -365,15 +376,16 @@ class Trainer:
             inner_sum += stats.inner_steps
             count += 1
             due = save_every > 0 and self.clock() - last_saved >= save_every
+            step_loss: Tensor | float = stats.loss
             if self.world.distributed:
                 # One small all-reduce a step: the global loss, and a checkpoint or stop if any rank asks
                 stop, due_any, step_loss = self.world.agree([self._stop_requested, due, float(stats.loss)])
                 self._stop_requested, due = stop > 0, due_any > 0
-                loss_sum += step_loss
                 if not np.isfinite(step_loss):
                     show()  # raises NonFiniteLossError on every rank at the same step
-            else:
-                loss_sum += stats.loss
+            loss_sum += step_loss
+            if self.tensorboard is not None and st.step % cfg.log.every_steps == 0:
+                self.tensorboard.step_loss(st.step, float(step_loss))
             if count == iters or self.clock() - last_shown >= REFRESH_SECONDS:
                 show()
             if epoch == 0 and snap_every and st.step % snap_every == 0 and st.step < iters:
@@ -408,9 +420,16 @@ class Trainer:
         st.cycle_epochs = st.cycle_epochs or cfg.train.epochs
         if self.main:
             self._write_run_files()
+            if cfg.log.tensorboard:
+                self.tensorboard = TensorBoardLog(self.folder.path, st.step)
         val_batches = _eval_batches(self.splits.val, cfg, self.world)
-        with _sigterm_sets(self):
-            self._epochs(val_batches)
+        try:
+            with _sigterm_sets(self):
+                self._epochs(val_batches)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
         return st
 
     def _write_run_files(self) -> None:
@@ -424,6 +443,18 @@ class Trainer:
                 save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
             self._snapshot(0)
 
+    def _sound_alarm(self, record: dict[str, Any]) -> None:
+        """Record the collapse alarm the validations raise (`alarm`), and announce it when it begins."""
+        e = self.config.eval
+        if not e.alarm:
+            return
+        kind = collapse_alarm([*self.state.history, record], e)
+        record["alarm"] = kind
+        previous = self.state.history[-1].get("alarm") if self.state.history else None
+        if kind is not None and kind != previous:
+            aggressive = self.strategy.aggressive if isinstance(self.strategy, AggressiveStrategy) else None
+            log.warning(alarm_message(kind, record, e.alarm_epochs, aggressive))
+
     def _epochs(self, val_batches: ShardedBatches) -> None:
         cfg, st = self.config, self.state
         while st.epoch < cfg.train.epochs and not st.stopped:
@@ -432,7 +463,8 @@ class Trainer:
             lr = self.lr_rule.lr
             train = self._train_epoch(epoch)
             start = time.perf_counter()
-            val = evaluate(self.model, self._progress(val_batches, f"validation after epoch {epoch}"), world=self.world)
+            batches = self._progress(val_batches, f"validation after epoch {epoch}")
+            val = evaluate(self.model, batches, world=self.world, mi_full_max=cfg.eval.mi_full_max)
             if not np.isfinite(val["elbo"]):
                 raise NonFiniteLossError(
                     f"non-finite validation ELBO after epoch {epoch}; "
@@ -447,16 +479,19 @@ class Trainer:
                 "kl_weight": train["kl_weight"],
                 "aggressive": aggressive,
                 "lr": lr,
-                **{k: val[k] for k in ("elbo", "rec", "kl", "mi", "au", "ppl")},
+                **{k: val[k] for k in ("elbo", "rec", "kl", "mi", "mi_full", "mi_full_n", "au", "ppl") if k in val},
                 "train_loss": train["train_loss"],
                 "inner_steps": train["inner_steps"],
                 "train_seconds": st.train_seconds,
             }
+            self._sound_alarm(record)
             st.history.append(record)
             if decision.improved:
                 st.best_epoch = epoch
             if self.main:
                 self.folder.append_metrics(record)
+                if self.tensorboard is not None:
+                    self.tensorboard.epoch(record)
                 if decision.improved:
                     best = {"model": self.model.state_dict(), "epoch": epoch}
                     checkpoint.save_atomic(best, self.folder.file(BEST))
@@ -486,7 +521,9 @@ class Trainer:
                 iw_generator = torch.Generator(self.device).manual_seed(seed + IW_RANK_STRIDE * (1 + self.world.rank))
             desc = f"test (IW, K = {e.iw_samples})"
             progress = self._progress(batches, desc)
-            results = evaluate(self.model, progress, e.iw_samples, e.max_memory_mb, self.world, iw_generator)
+            results = evaluate(
+                self.model, progress, e.iw_samples, e.max_memory_mb, self.world, iw_generator, e.mi_full_max
+            )
         results.update(
             method=self.config.train.method,
             train_seconds=self.state.train_seconds,

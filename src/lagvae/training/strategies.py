@@ -221,8 +221,10 @@ class AggressiveStrategy(JointStrategy):
         kl_term: KLTerm = plain_kl,
         mi_patience: int = 0,
         world: World = SINGLE,
+        switch_on: str = "mi",
     ) -> None:
         super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term, world)
+        self.switch_on = switch_on  # the validation I_q estimate the switch-off reads: "mi" or "mi_full"
         self.sample_batch = sample_batch
         self.window = window
         self.max_inner = max_inner
@@ -239,6 +241,7 @@ class AggressiveStrategy(JointStrategy):
             "window": t.agg_window,
             "max_inner": t.agg_max_inner,
             "mi_patience": t.agg_mi_patience,
+            "switch_on": t.agg_switch_on,
         }
 
     def step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> StepStats:
@@ -270,7 +273,7 @@ class AggressiveStrategy(JointStrategy):
         """
         if not self.aggressive:
             return
-        mi = val["mi"]
+        mi = val[self.switch_on]
         if self.mi_patience > 0:
             if mi < self.best_mi:
                 self.mi_not_improved += 1

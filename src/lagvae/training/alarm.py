@@ -1,0 +1,51 @@
+"""The live collapse alarm: the two ways a VAE's latent fails, read off the validation records as they come."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lagvae.config import EvalConfig
+
+COLLAPSE = "collapse"
+KL_WITHOUT_INFORMATION = "kl-without-information"
+
+
+def collapse_alarm(history: Sequence[dict[str, Any]], e: EvalConfig) -> str | None:
+    """Which alarm the last `e.alarm_epochs` validation records raise, if any.
+
+    - "collapse": AU 0, mi_full < alarm_mi and KL < alarm_kl in each (the decoder ignores z);
+    - "kl-without-information": KL > alarm_kl_spent and mi_full < alarm_ratio x KL in each (KL is paid,
+      but the codes of different x overlap).
+    Both read `mi_full`, the whole split's I_q: the per-minibatch `mi` is capped at log B, so a good run's
+    KL of 11 nats sits beside an `mi` of 3.1.
+    """
+    recent = history[-e.alarm_epochs :] if e.alarm_epochs > 0 else []
+    if not recent or len(recent) < e.alarm_epochs or any("mi_full" not in r for r in recent):
+        return None
+    if all(r["au"] == 0 and r["mi_full"] < e.alarm_mi and r["kl"] < e.alarm_kl for r in recent):
+        return COLLAPSE
+    if all(r["kl"] > e.alarm_kl_spent and r["mi_full"] < e.alarm_ratio * r["kl"] for r in recent):
+        return KL_WITHOUT_INFORMATION
+    return None
+
+
+def alarm_message(kind: str, record: dict[str, Any], epochs: int, aggressive: bool | None) -> str:
+    """One line: what was seen, for how long, and the remedy. `aggressive`: None for methods without an
+    aggressive phase, else whether it is still on."""
+    seen = f"AU {record['au']}, KL {record['kl']:.3f}, I_q {record['mi_full']:.3f} nats (whole split)"
+    if kind == COLLAPSE:
+        if aggressive is None:
+            remedy = "try --method aggressive (or aggressive-anneal)"
+        elif aggressive:
+            remedy = "aggressive mode is still on: give it more epochs"
+        else:
+            remedy = (
+                "aggressive mode has ended; a longer phase (train.agg_switch_on=mi_full, train.agg_mi_patience) "
+                "or aggressive-anneal may help"
+            )
+        return f"posterior collapse after epoch {record['epoch']}: {seen} for {epochs} validations; {remedy}"
+    return (
+        f"KL paid without information after epoch {record['epoch']}: {seen} for {epochs} validations, so codes "
+        "of different inputs overlap; try --method aggressive, or a lower KL target (free bits lambda, beta)"
+    )
