@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     itp.add_argument("sentence_b")
     itp.add_argument("--steps", type=_positive_int, default=5)
 
+    rep = sub.add_parser("report", help="one self-contained report.html for a run folder or a compare folder")
+    rep.add_argument("dir", type=Path, help="a run folder or a compare --out folder")
+    rep.add_argument("--out", type=Path, help="where to write the page (default DIR/report.html)")
+
     demo = sub.add_parser("demo", help="vae vs aggressive on the synthetic preset, side by side")
     demo.add_argument("--epochs", type=_positive_int, default=5)
     demo.add_argument("--seed", type=int, default=783435)
@@ -274,6 +278,12 @@ def _generate_images(args: argparse.Namespace, config: RunConfig, model: VAE, sh
     print(f"wrote {args.out}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from lagvae.experiments.html_report import write_report
+
+    print(f"wrote {write_report(args.dir, args.out)}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lagvae.experiments.demo import demo_checks, run_demo
     from lagvae.experiments.report import results_table
@@ -300,6 +310,7 @@ COMMANDS = {
     "reconstruct": _generate,
     "interpolate": _generate,
     "demo": _demo,
+    "report": _report,
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -46,8 +48,8 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
     plt.close(fig)
 
 
-def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...], path: Path) -> None:
-    """One panel per metric key, one line per method (mean over its runs) against the epoch."""
+def metric_curves_png(curves: dict[str, list[list[dict]]], keys: tuple[str, ...]) -> bytes:
+    """One panel per metric key, one line per method (mean over its runs) against the epoch, as PNG bytes."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys) + 2.0, 3.4), squeeze=False)
     colours = plt.cm.tab20(np.linspace(0, 1, 20))  # 20 distinct colours: grids often exceed the default 10
     for ax, key in zip(axes[0], keys, strict=True):
@@ -55,7 +57,7 @@ def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...
             length = min((len(r) for r in runs), default=0)
             if length == 0:
                 continue
-            values = np.array([[rec[key] for rec in r[:length]] for r in runs], dtype=float).mean(0)
+            values = np.array([[rec.get(key, np.nan) for rec in r[:length]] for r in runs], dtype=float).mean(0)
             epochs = [rec["epoch"] for rec in runs[0][:length]]
             ax.plot(epochs, values, marker=".", label=label, color=colours[i % 20], ls=("-", "--")[i // 20 % 2])
         ax.set_xlabel("epoch")
@@ -64,8 +66,14 @@ def plot_metric_curves(curves: dict[str, list[list[dict]]], keys: tuple[str, ...
     if handles:
         fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1 - 2.0 / (4.5 * len(keys) + 2.0), 1))
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    return _png(fig, dpi=110)
+
+
+def _png(fig: Any, dpi: int) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    return buffer.getvalue()
 
 
 def image_grid(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
@@ -84,3 +92,37 @@ def save_image_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -
     """Write `image_grid` as a PNG, pixel value 1 white and 0 black, each pixel `scale` x `scale` screen pixels."""
     grid = image_grid(images, cols).repeat(scale, axis=0).repeat(scale, axis=1)
     atomic_write(path, lambda f: plt.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
+
+
+# (key, panel title): one panel each in a run's curves; I_q draws both estimates
+RUN_PANELS = (("elbo", "validation ELBO"), ("kl", "KL"), ("mi", "I_q"), ("au", "active units"))
+RUN_PANELS += (("inner_steps", "inner steps / outer step"), ("lr", "learning rate"))
+
+
+def run_curves_png(records: list[dict]) -> bytes:
+    """A run's per-epoch curves as PNG bytes: the aggressive epochs shaded, LR decays dashed, alarms in red."""
+    epochs = [r["epoch"] for r in records]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.2), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, RUN_PANELS, strict=True):
+        if key == "mi":
+            ax.plot(epochs, [r["mi"] for r in records], marker=".", label="mi (per minibatch)")
+            if any("mi_full" in r for r in records):
+                full = [r.get("mi_full", np.nan) for r in records]
+                ax.plot(epochs, full, marker=".", label="mi_full (whole split)")
+            ax.legend(fontsize=7)
+        else:
+            ax.plot(epochs, [r.get(key, np.nan) for r in records], marker=".")
+        for r in records:
+            if r.get("aggressive"):
+                ax.axvspan(r["epoch"] - 0.5, r["epoch"] + 0.5, color="tab:orange", alpha=0.15, lw=0)
+        for before, after in zip(records, records[1:], strict=False):
+            if after["lr"] < before["lr"]:
+                ax.axvline(after["epoch"] - 0.5, color="0.4", ls="--", lw=0.8)
+        alarms = [r["epoch"] for r in records if r.get("alarm")]
+        if alarms:
+            ax.scatter(alarms, [ax.get_ylim()[1]] * len(alarms), marker="v", color="tab:red", zorder=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+    fig.text(0.01, 0.005, "shaded: aggressive epochs   dashed: LR decay   red: collapse alarm", fontsize=8)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return _png(fig, dpi=90)

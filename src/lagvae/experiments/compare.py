@@ -220,11 +220,12 @@ def write_summary(results: dict[tuple[str, int], dict[str, Any]], methods: Seque
 
 
 def _plot_curves(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str], out: Path) -> None:
-    from lagvae.plots import plot_metric_curves
+    from lagvae.plots import metric_curves_png
 
     curves: dict[str, list[list[dict[str, Any]]]] = {}
     for label in methods:
         for (m, seed), r in results.items():
             if m == label and r["ok"]:
                 curves.setdefault(label, []).append(RunFolder(out / m / f"seed{seed}").read_metrics())
-    plot_metric_curves(curves, ("mi", "au"), out / "compare_curves.png")
+    png = metric_curves_png(curves, ("mi", "mi_full", "au"))
+    atomic_write(out / "compare_curves.png", lambda f: f.write(png))

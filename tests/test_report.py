@@ -1,0 +1,68 @@
+"""`lagvae report`: one self-contained page per run or compare folder, rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from lagvae.cli import main
+from lagvae.experiments.compare import Grid, run_grid
+from lagvae.experiments.html_report import write_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from check_report import browser, check  # noqa: E402
+
+SETTINGS = ("eval.iw_samples=2", "eval.posterior_points=20", "eval.posterior_grid=1.0")
+
+
+@pytest.fixture(scope="module")
+def grid_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("grid")
+    run_grid(Grid("synthetic", ("vae", "aggressive"), (0,), out, epochs=2, train_limit=64, overrides=SETTINGS))
+    return out
+
+
+def _self_contained(page: str) -> None:
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)  # nothing fetched
+    assert "data:image/png;base64," in page
+
+
+def test_a_run_page_holds_curves_posterior_figure_final_table_alarms_and_config(grid_folder, tmp_path):
+    run = grid_folder / "vae" / "seed0"
+    page = write_report(run).read_text()
+    _self_contained(page)
+    assert page.count("<img") == 2  # the curves and the posterior-mean figure
+    final = json.loads((run / "final.json").read_text())
+    assert f"{final['nll']:.4g}" in page and "mi_full" in page
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ("Collapse alarm raised" in page) == any(r.get("alarm") for r in records)
+    assert "&quot;method&quot;: &quot;vae&quot;" in page  # the config, escaped
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0 and (tmp_path / "r.html").exists()
+
+
+def test_a_compare_page_holds_the_table_and_curves_per_method(grid_folder):
+    page = write_report(grid_folder).read_text()
+    _self_contained(page)
+    assert "<th>MI (full)</th>" in page and "<td>aggressive</td>" in page and "<td>vae</td>" in page
+    assert page.count("<img") == 1 and "aggressive / seed0: 2 epochs" in page
+
+
+def test_report_on_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "neither a run folder" in err
+
+
+@pytest.mark.skipif(browser() is None, reason="no chromium on PATH (apt-get install chromium)")
+def test_both_pages_render_in_headless_chromium_without_errors(grid_folder, tmp_path):
+    for folder in (grid_folder / "aggressive" / "seed0", grid_folder):
+        assert check(write_report(folder), tmp_path / "shot.png", 1280, 1600) is None
+        assert (tmp_path / "shot.png").stat().st_size > 10_000
+    broken = tmp_path / "broken.html"  # the check must be able to fail: a figure that does not decode
+    page = write_report(grid_folder, broken).read_text()
+    broken.write_text(page.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
+    assert "did not finish rendering" in (check(broken, None, 800, 600) or "")
