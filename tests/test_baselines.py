@@ -97,11 +97,18 @@ def test_svi_steps_are_bounded_and_use_kims_batch_mean_learning_rate():
     vae, _ = linear_gaussian_vae(seed=5)
     x = 1e4 * torch.randn(8, 3)  # gradients of order 1e4-1e8: unclipped, one step would fly off
     mu0, logvar0 = torch.zeros(8, 2), torch.zeros(8, 2)
-    mu, logvar = svi_refine(vae, x, mu0, logvar0, steps=6, lr=0.1, momentum=0.5, max_grad_norm=2.0)
+    mu, logvar = svi_refine(vae, x, mu0, logvar0, 6, 0.1, 0.5, max_grad_norm=2.0, clip="example")
     bound = 0.1 * 2.0 * 6 / (1 - 0.5)
     assert 0.5 * bound < float((mu - mu0).abs().max()) <= bound and float((logvar - logvar0).abs().max()) <= bound
+    # Kim's clip: mu's and logvar's batch-mean gradients, each as a whole, have norm <= max_grad_norm, so
+    # with lr = lr_kim / B neither tensor moves further than lr_kim * max_grad_norm * steps / (1 - momentum)
+    mu, logvar = svi_refine(vae, x, mu0, logvar0, 6, 1.0 / 8, 0.5, max_grad_norm=2.0, clip="batch")
+    bound = 1.0 * 2.0 * 6 / (1 - 0.5)
+    assert 0.5 * bound < float((mu - mu0).norm()) <= bound and float((logvar - logvar0).norm()) <= bound
     train = TrainConfig(batch_size=32, svi_lr=1.0, svi_steps=7)
-    assert SemiAmortizedStrategy._options(train, lambda: x) == {"svi_steps": 7, "svi_lr": 1 / 32, "svi_momentum": 0.5}
+    options = SemiAmortizedStrategy._options(train, lambda: (x, None))
+    assert options["svi_steps"] == 7 and options["svi_lr"] == 1 / 32 and options["svi_clip"] == "batch"
+    assert options["anneal"] and options["decoder_through"] and options["svi_max_grad_norm"] == 5.0
 
 
 def test_savae_gradient_reaches_the_encoder_through_the_svi_steps():
@@ -136,6 +143,64 @@ def test_savae_gradient_reaches_the_encoder_through_the_svi_steps():
         mu0,
     )  # fmt: skip
     assert not torch.allclose(grad, direct, atol=1e-3)
+
+
+def test_savae_decoder_gradient_flows_through_the_svi_steps_as_kims_does():
+    torch.manual_seed(0)
+    vae, dec = linear_gaussian_vae(seed=7)
+    vae = vae.double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+    noise = [torch.randn(3, 2, dtype=torch.float64) for _ in range(4)]
+    final_eps = torch.randn(3, 2, dtype=torch.float64)
+    mu0, logvar0 = (t.detach().clone() for t in vae.encode(x))  # this encoder's logvar is a parameter view
+
+    def refined_elbo(through: bool) -> torch.Tensor:
+        mu, logvar = svi_refine(vae, x, mu0, logvar0, 4, 0.05, 0.5, 1e6, create_graph=True, noise=noise)
+        if not through:
+            mu, logvar = mu.detach(), logvar.detach()
+        z = (mu + (0.5 * logvar).exp() * final_eps).unsqueeze(1)
+        return (vae.log_prob(x, z).squeeze(1) - gaussian_kl(mu, logvar)).sum()
+
+    (grad,) = torch.autograd.grad(refined_elbo(True), dec.b)
+    numeric = torch.zeros_like(grad)
+    for i in range(grad.numel()):
+        with torch.no_grad():
+            dec.b[i] += 1e-6
+        up = float(refined_elbo(True).detach())
+        with torch.no_grad():
+            dec.b[i] -= 2e-6
+        down = float(refined_elbo(True).detach())
+        with torch.no_grad():
+            dec.b[i] += 1e-6
+        numeric[i] = (up - down) / 2e-6
+    torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-6)
+    (held,) = torch.autograd.grad(refined_elbo(False), dec.b)  # lambda_K held fixed: lagvae's earlier choice
+    assert not torch.allclose(grad, held, atol=1e-4)
+
+
+def test_savae_svi_objective_carries_the_annealed_kl_weight(monkeypatch):
+    from lagvae.training import strategies
+
+    seen: list[float] = []
+    real = strategies.svi_refine
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs["kl_weight"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(strategies, "svi_refine", spy)
+    torch.manual_seed(0)
+    x = torch.randint(4, 12, (4, 6))
+    for anneal in (True, False):
+        model = build_model(ModelConfig(8, 8, 8, 2, 0.0, 0.0), vocab_size=12)
+        opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (model.encoder, model.decoder)]
+        SemiAmortizedStrategy(model, *opts, 5.0, svi_steps=2, anneal=anneal).step(x, 0.3)
+    assert seen == [0.3, 1.0]
+    mu0, logvar0 = torch.zeros(4, 2), torch.zeros(4, 2)
+    torch.manual_seed(1)
+    weak = svi_refine(model, x, mu0, logvar0, 3, 0.5, 0.5, kl_weight=0.1)[0]
+    torch.manual_seed(1)
+    assert not torch.allclose(weak, svi_refine(model, x, mu0, logvar0, 3, 0.5, 0.5, kl_weight=1.0)[0])
 
 
 def test_savae_strategy_steps_both_networks_and_metrics_use_the_refined_posterior():

@@ -170,7 +170,10 @@ def test_two_gloo_processes_train_the_one_process_run(tmp_path, method):
     for a, b in zip(one, two, strict=True):
         assert a.keys() == b.keys()
         for key in a.keys() - set(TIMES):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), (a["epoch"], key)
+            if isinstance(a[key], str | None):  # the collapse alarm
+                assert a[key] == b[key], (a["epoch"], key)
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), (a["epoch"], key)
     if method == "aggressive":  # the switch-off falls inside the run, at the same epoch
         assert [r["aggressive"] for r in one] == [r["aggressive"] for r in two] == [True, True, False]
         assert sum(inner_one) > 2 * len(inner_one)

@@ -85,10 +85,15 @@ class TrainConfig:
     cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent rising
     cycle_shape: str = "linear"  # cyclical: linear | cosine | sigmoid
     free_bits: float = 0.1  # free-bits target lambda, nats per latent dimension
-    svi_steps: int = 10  # SA-VAE: SVI steps per example
+    svi_steps: int = 20  # SA-VAE: SVI steps per example (Kim et al.'s text setting)
     # Kim et al.'s SVI lr, on the batch-MEAN loss: each example steps svi_lr / batch_size on its own ELBO
     svi_lr: float = 1.0
     svi_momentum: float = 0.5
+    svi_max_grad_norm: float = 5.0
+    # Kim et al.'s choices by default; lagvae's earlier ones stay selectable (docs/DESIGN.md, "SA-VAE"):
+    svi_clip: str = "batch"  # batch: mu's and logvar's batch-mean gradients clipped separately; example: per x
+    svi_anneal: bool = True  # the SVI objective uses the current KL weight (else weight 1)
+    svi_decoder_through: bool = True  # the decoder's gradient also flows through the unrolled SVI steps
     agg_window: int = 15  # inner steps per window when comparing the encoder loss
     agg_max_inner: int = 100
     # 0: switch aggressive off at the first fall of validation I_q (the text rule); N > 0: after N epochs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -18,23 +19,34 @@ def svi_refine(
     x: Tensor,
     mu: Tensor,
     logvar: Tensor,
-    steps: int = 10,
+    steps: int = 20,
     lr: float = 1.0,
     momentum: float = 0.5,
     max_grad_norm: float = 5.0,
     create_graph: bool = False,
     noise: list[Tensor] | None = None,
+    kl_weight: float = 1.0,
+    clip: str = "batch",
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """lambda_{k+1} = lambda_k + v_{k+1}, v_{k+1} = m v_k + lr * clip(grad ELBO(x; lambda_k)), lambda = (mu, logvar).
+    """lambda_{k+1} = lambda_k + v_{k+1}, v_{k+1} = m v_k + lr clip(grad ELBO_beta(x; lambda_k)), lambda = (mu, logvar).
 
     Kim et al. (2018): each example's variational parameters take `steps` SGD-with-momentum steps on its
-    own one-sample ELBO, starting from the encoder's output. With `create_graph` the steps stay
-    differentiable, so a loss on the refined lambda_K backpropagates through them into the encoder.
-    `noise` fixes the reparameterisation draws (one [B, D] tensor per step), for gradient checks.
-    With the per-example clip, no coordinate moves further than lr * max_grad_norm * steps / (1 - momentum).
+    own one-sample ELBO (KL weighted by `kl_weight`), starting from the encoder's output. With
+    `create_graph` the steps stay differentiable, so a loss on the refined lambda_K backpropagates through
+    them into the encoder and the decoder. `noise` fixes the reparameterisation draws (one [B, D] tensor per
+    step), for gradient checks.
+    `clip`: "batch" (Kim's) scales mu's and logvar's gradients, each as a whole, so that the batch-mean
+    gradient's norm is at most `max_grad_norm`; the batch is the global one (sharded rows summed by
+    `reduce`). "example" clips each example's joint (mu, logvar) gradient, so no coordinate moves further
+    than lr * max_grad_norm * steps / (1 - momentum) whatever the batch.
     """
+    rows = draws.current_rows()
+    batch = rows.total if rows is not None else x.shape[0]
+    # cuDNN's LSTM has no double backward and no backward in eval mode: the native kernels serve this region
+    no_cudnn = torch.backends.cudnn.flags(enabled=False) if x.is_cuda else nullcontext()
     # Differentiating through the steps needs a twice-differentiable decoder loss.
-    with torch.enable_grad(), twice_differentiable() if create_graph else nullcontext():
+    with torch.enable_grad(), no_cudnn, twice_differentiable() if create_graph else nullcontext():
         # Outside a differentiable refinement (or for a leaf with no history) start from fresh leaves.
         if not create_graph or not mu.requires_grad:
             mu = mu.detach().requires_grad_()
@@ -44,14 +56,18 @@ def svi_refine(
         for k in range(steps):
             eps = noise[k] if noise is not None else draws.randn(tuple(mu.shape), mu)
             z = (mu + (0.5 * logvar).exp() * eps).unsqueeze(1)
-            elbo = model.log_prob(x, z).squeeze(1) - gaussian_kl(mu, logvar)
+            elbo = model.log_prob(x, z).squeeze(1) - kl_weight * gaussian_kl(mu, logvar)
             g_mu, g_lv = torch.autograd.grad(elbo.sum(), (mu, logvar), create_graph=create_graph)
-            # Per-example clipping keeps one badly conditioned x from taking a huge step. The clip factor is
-            # a safeguard, not part of the objective, so it is not differentiated: its reciprocal's
-            # backward returned NaN on the synthetic preset (autograd anomaly mode, SA-VAE step 144).
-            norm = torch.sqrt(g_mu.pow(2).sum(-1, keepdim=True) + g_lv.pow(2).sum(-1, keepdim=True))
-            scale = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0).detach()
-            v_mu = momentum * v_mu + lr * scale * g_mu
-            v_lv = momentum * v_lv + lr * scale * g_lv
+            # The clip factor is a safeguard, not part of the objective, so it is not differentiated: its
+            # reciprocal's backward returned NaN on the synthetic preset (autograd anomaly mode, step 144).
+            if clip == "batch":
+                squares = torch.stack([g_mu.detach().pow(2).sum(), g_lv.detach().pow(2).sum()])
+                norms = (reduce(squares) if reduce is not None else squares).sqrt() / batch
+                s_mu, s_lv = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            else:
+                norm = torch.sqrt(g_mu.pow(2).sum(-1, keepdim=True) + g_lv.pow(2).sum(-1, keepdim=True))
+                s_mu = s_lv = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0).detach()
+            v_mu = momentum * v_mu + lr * s_mu * g_mu
+            v_lv = momentum * v_lv + lr * s_lv * g_lv
             mu, logvar = mu + v_mu, logvar + v_lv
     return (mu, logvar) if create_graph else (mu.detach(), logvar.detach())

@@ -107,6 +107,7 @@ def validate(config: RunConfig) -> None:
         "train.kl_term": (t.kl_term, KL_TERMS),
         "train.cycle_shape": (t.cycle_shape, CYCLE_SHAPES),
         "train.agg_switch_on": (t.agg_switch_on, ("mi", "mi_full")),
+        "train.svi_clip": (t.svi_clip, ("batch", "example")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
