@@ -23,3 +23,10 @@ for m in vae vae-anneal aggressive-anneal; do
   cp "/tmp/ptb/$m/metrics.jsonl" "$OUT/ptb_${m}_metrics.jsonl" 2>/dev/null
   tail -2 "/tmp/ptb_$m.log"
 done
+# SA-VAE on CUDA (issue 13): the double backward through the LSTMs runs with cuDNN disabled for the SVI
+# region; a short train + eval + sample must finish.
+timeout 240 python3 -m lagvae.cli train synthetic --method savae --epochs 1 --train-limit 640 --no-progress \
+  --overwrite --set eval.iw_samples=20 --out /tmp/savae > "$OUT/savae.log" 2>&1
+echo "savae train exit $?"; tail -3 "$OUT/savae.log"
+python3 -m lagvae.cli eval /tmp/savae --iw-samples 20 > "$OUT/savae_eval.log" 2>&1; echo "savae eval exit $?"
+python3 -m lagvae.cli sample /tmp/savae -n 3 > "$OUT/savae_sample.log" 2>&1; echo "savae sample exit $?"
