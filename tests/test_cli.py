@@ -119,8 +119,9 @@ def test_every_preset_trains(tmp_path, preset):
 
 
 def test_every_command_is_tested():
-    # demo/compare: the two tests below; sample/reconstruct/interpolate: tests/test_corpus.py
-    tested = {"train", "eval", "demo", "compare", "sample", "reconstruct", "interpolate"}
+    # demo/compare: the two tests below; sample/reconstruct/interpolate: tests/test_corpus.py;
+    # report: tests/test_report.py
+    tested = {"train", "eval", "demo", "compare", "sample", "reconstruct", "interpolate", "report"}
     assert set(COMMANDS) == tested
 
 

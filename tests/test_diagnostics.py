@@ -84,7 +84,7 @@ def test_alarm_needs_the_condition_on_consecutive_validations():
 
 
 def test_a_plain_vae_on_the_synthetic_data_raises_the_alarm_within_three_epochs(tmp_path):
-    from lagvae.training.loop import train_and_evaluate
+    from lagvae.training.run import train_and_evaluate
 
     lines: list[str] = []
     handler = logging.Handler()
@@ -103,7 +103,7 @@ def test_a_plain_vae_on_the_synthetic_data_raises_the_alarm_within_three_epochs(
 
 
 def test_alarm_off_and_a_missing_tensorboard_are_one_line(tmp_path, monkeypatch):
-    from lagvae.training.loop import train_and_evaluate
+    from lagvae.training.run import train_and_evaluate
 
     config = make_config("synthetic", "vae", epochs=1, train_limit=64, overrides=["eval.alarm=false"])
     config.eval.iw_samples, config.eval.posterior_points, config.progress = 2, 0, False

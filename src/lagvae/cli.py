@@ -145,8 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from lagvae.training.loop import train_and_evaluate
+    from lagvae.training.run import train_and_evaluate
 
+    # Every flag becomes an override, so a flag and `--set` (and compare, and the Python API) agree.
+    flags = [f"train.beta={args.beta}"] if args.beta is not None else []
+    flags += [f"train.free_bits={args.target}"] if args.target is not None else []
+    flags += [f"threads={args.threads}"] if args.threads else []
+    flags += ["progress=false"] if args.no_progress or args.quiet else []
     config = make_config(
         args.preset,
         args.method,
@@ -154,16 +159,8 @@ def _train(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         seed=args.seed,
         train_limit=args.train_limit,
-        overrides=args.overrides,
+        overrides=[*flags, *args.overrides],
     )
-    if args.beta is not None:
-        config.train.beta = args.beta
-    if args.target is not None:
-        config.train.free_bits = args.target
-    if args.threads:
-        config.threads = args.threads
-    if args.no_progress or args.quiet:
-        config.progress = False
     out = args.out or Path("runs") / f"{args.preset}-{args.method}"
     results = train_and_evaluate(config, out, resume=args.resume, overwrite=args.overwrite)
     if not args.quiet:
@@ -172,7 +169,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from lagvae.training.loop import evaluate_run
+    from lagvae.training.finished import evaluate_run
 
     print(json.dumps(evaluate_run(args.run, args.iw_samples), indent=2))
 
@@ -207,7 +204,7 @@ def _compare(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
-    from lagvae.training.loop import load_trained, saved_image_shape, saved_longest_document
+    from lagvae.training.finished import load_trained, saved_image_shape, saved_longest_document
 
     torch.manual_seed(args.seed)
     config, model, vocab = load_trained(args.run)

@@ -53,7 +53,7 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
 
 
 def _run_one(spec: RunSpec) -> dict[str, Any]:
-    from lagvae.training.loop import train_and_evaluate
+    from lagvae.training.run import train_and_evaluate
 
     config = make_config(
         spec.preset,

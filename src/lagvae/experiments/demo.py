@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lagvae.experiments.presets import make_config
-from lagvae.training.loop import train_and_evaluate
+from lagvae.training.run import train_and_evaluate
 
 DEMO_METHODS = ("vae", "aggressive")
 

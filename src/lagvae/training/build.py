@@ -1,0 +1,95 @@
+"""Building a run from its config: checks on the settings, the optimisers and the training strategy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+from lagvae.config import ConfigError, RunConfig
+from lagvae.models import VAE
+from lagvae.objectives import free_bits_kl
+from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES
+from lagvae.training.strategies import STRATEGIES, Batch, JointStrategy, plain_kl, sharded_free_bits
+from lagvae.training.world import SINGLE, World
+
+log = logging.getLogger("lagvae")
+
+
+KL_TERMS = ("plain", "free-bits")
+
+
+def validate(config: RunConfig) -> None:
+    """Reject settings no run can use, with one-line messages."""
+    t, d, e = config.train, config.data, config.eval
+    positive = {
+        "log.every_steps": config.log.every_steps,
+        "train.epochs": t.epochs,
+        "train.batch_size": t.batch_size,
+        "train.lr": t.lr,
+        "train.agg_window": t.agg_window,
+        "train.agg_max_inner": t.agg_max_inner,
+        "train.n_cycles": t.n_cycles,
+        "eval.max_memory_mb": e.max_memory_mb,
+        "eval.posterior_grid": e.posterior_grid,
+        "eval.posterior_range": e.posterior_range,
+    }
+    if d.name == "synthetic":
+        positive.update({"data.n_train": d.n_train, "data.n_val": d.n_val, "data.n_test": d.n_test})
+        positive.update({"data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size})
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    non_negative = {"model.latent_dim": config.model.latent_dim, "eval.iw_samples": e.iw_samples}
+    non_negative |= {"train.agg_mi_patience": t.agg_mi_patience, "train.checkpoint_minutes": t.checkpoint_minutes}
+    non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
+    non_negative |= {"eval.mi_full_max": e.mi_full_max, "eval.alarm_epochs": e.alarm_epochs}
+    for key, value in non_negative.items():
+        if not value >= 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    choices = {
+        "train.optimizer": (t.optimizer, ("sgd", "adam")),
+        "train.strategy": (t.strategy, tuple(STRATEGIES)),
+        "train.schedule": (t.schedule, SCHEDULES),
+        "train.kl_term": (t.kl_term, KL_TERMS),
+        "train.cycle_shape": (t.cycle_shape, CYCLE_SHAPES),
+        "train.agg_switch_on": (t.agg_switch_on, ("mi", "mi_full")),
+        "train.svi_clip": (t.svi_clip, ("batch", "example")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"unknown {key} {value!r}; choose from {', '.join(allowed)}")
+    if t.agg_switch_on == "mi_full" and e.mi_full_max == 0:
+        raise ConfigError("train.agg_switch_on=mi_full needs eval.mi_full_max > 0 (it computes mi_full)")
+    if not 0 < t.cycle_ratio <= 1:
+        raise ConfigError(f"train.cycle_ratio must be in (0, 1], got {t.cycle_ratio}")
+
+
+def make_optimizer(params: Any, config: RunConfig, lr: float) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=t.momentum)
+
+
+def set_lr(strategy: JointStrategy, lr: float) -> None:
+    for opt in strategy.optimizers():
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def build_strategy(
+    config: RunConfig, model: VAE, sample_batch: Callable[[], Batch], world: World = SINGLE
+) -> JointStrategy:
+    t = config.train
+    enc = make_optimizer(model.encoder.parameters(), config, t.lr)
+    dec = make_optimizer(model.decoder.parameters(), config, t.lr)
+    kl_term = plain_kl
+    if t.kl_term == "free-bits":
+        kl_term = (
+            sharded_free_bits(world, t.free_bits) if world.distributed else partial(free_bits_kl, target=t.free_bits)
+        )
+    return STRATEGIES[t.strategy].from_config(t, model, enc, dec, kl_term, sample_batch, world)

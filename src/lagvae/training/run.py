@@ -1,0 +1,104 @@
+"""Starting or resuming a run in a folder: the folder's run identity, then train and test."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from lagvae.config import ConfigError, RunConfig, apply_override, load_json, to_dict
+from lagvae.training.loop import Trainer
+from lagvae.training.run_folder import (
+    CONFIG,
+    LAST,
+    RunFolder,
+)
+from lagvae.training.world import join
+
+log = logging.getLogger("lagvae")
+
+RESUMABLE = (
+    "train.epochs", "train.checkpoint_minutes", "threads", "progress", "device",
+    "eval.alarm", "log.tensorboard", "log.every_steps",
+)  # fmt: skip
+
+RESUME_MODES = ("no", "yes", "auto")
+
+
+def train_and_evaluate(
+    config: RunConfig,
+    out_dir: Path | str,
+    *,
+    resume: bool | str = False,
+    overwrite: bool = False,
+    bar_position: int = 0,
+) -> dict[str, Any]:
+    """Train `config` into `out_dir`, then test the best model; returns final.json's dict.
+
+    A folder that already holds a run (config.json or a checkpoint) is never silently reused:
+    - resume=True ("yes") continues it from last.pt; config.json there is the truth, and only the fields in
+      RESUMABLE may differ from `config`;
+    - resume="auto" continues it when last.pt exists, else starts afresh, provided the folder's config.json
+      (a run killed before its first checkpoint) asks for the same run;
+    - overwrite=True deletes the old run's files first;
+    - otherwise it is a one-line error.
+    """
+    mode = ("yes" if resume else "no") if isinstance(resume, bool) else resume
+    if mode not in RESUME_MODES:
+        raise ConfigError(f"unknown resume mode {resume!r}; choose from {', '.join(RESUME_MODES)}")
+    world, _ = join(config.device)
+    folder = RunFolder(out_dir)
+    if overwrite and mode != "no":
+        raise ConfigError("--overwrite starts a new run and --resume continues one; choose one")
+    if mode == "auto":
+        mode = "yes" if folder.file(LAST).exists() else "no"
+        if mode == "no" and folder.file(CONFIG).exists():
+            _same_run(config, folder)  # refuses a different run; the same one restarts from scratch
+            overwrite = True
+    if mode == "yes":
+        config = _resumed_config(config, folder)
+    elif folder.holds_run():
+        if not overwrite:
+            raise ConfigError(
+                f"{folder.path} already holds a run; --resume continues it, --overwrite deletes it and starts "
+                "again, --resume auto continues it when it can and starts otherwise"
+            )
+        world.barrier()  # every rank has read the folder before rank 0 clears it
+        if world.is_main:
+            folder.clear()
+    trainer = Trainer(config, out_dir, bar_position=bar_position)
+    if mode == "yes":
+        trainer.resume()
+    trainer.fit()
+    return trainer.test()
+
+
+def _resumed_config(requested: RunConfig, folder: RunFolder) -> RunConfig:
+    """The folder's saved config with the RESUMABLE fields of `requested`; refuses any other difference."""
+    if not folder.file(CONFIG).exists():
+        raise ConfigError(f"nothing to resume: {folder.file(CONFIG)} does not exist")
+    if not folder.file(LAST).exists():
+        raise ConfigError(f"nothing to resume: {folder.file(LAST)} does not exist (--resume auto starts instead)")
+    return _same_run(requested, folder)
+
+
+def _same_run(requested: RunConfig, folder: RunFolder) -> RunConfig:
+    saved = load_json(folder.file(CONFIG))
+    flat_saved, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
+    # `schema` says how the saved file was written, not how the run trains
+    changed = [k for k in flat_new if flat_new[k] != flat_saved.get(k) and k not in (*RESUMABLE, "schema")]
+    if changed:
+        raise ConfigError(
+            f"{folder.path} holds a different run; these settings differ: {', '.join(changed)}"
+            f" (a resume may change only {', '.join(RESUMABLE)})"
+        )
+    for key in RESUMABLE:
+        apply_override(saved, f"{key}={flat_new[key]}")
+    return saved
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
