@@ -11,8 +11,9 @@ from lagvae.inference import svi_refine
 from lagvae.metrics import evaluate, iw_log_likelihood
 from lagvae.models import build_model
 from lagvae.objectives import free_bits_kl, gaussian_kl, gaussian_kl_per_dim
+from lagvae.training.savae import SemiAmortizedStrategy
 from lagvae.training.schedules import cyclical, kl_weight
-from lagvae.training.strategies import JointStrategy, SemiAmortizedStrategy
+from lagvae.training.strategies import JointStrategy
 from tests.conftest import linear_gaussian_vae
 
 
@@ -179,16 +180,16 @@ def test_savae_decoder_gradient_flows_through_the_svi_steps_as_kims_does():
 
 
 def test_savae_svi_objective_carries_the_annealed_kl_weight(monkeypatch):
-    from lagvae.training import strategies
+    from lagvae.training import savae
 
     seen: list[float] = []
-    real = strategies.svi_refine
+    real = savae.svi_refine
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(kwargs["kl_weight"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(strategies, "svi_refine", spy)
+    monkeypatch.setattr(savae, "svi_refine", spy)
     torch.manual_seed(0)
     x = torch.randint(4, 12, (4, 6))
     for anneal in (True, False):

@@ -211,14 +211,14 @@ def test_two_process_group_killed_mid_epoch_resumes_to_the_uninterrupted_run(tmp
 FAIL_ONCE = """
 import os, sys
 from lagvae.config import LagvaeError
-from lagvae.training import strategies
-step, calls = strategies.AggressiveStrategy.step, [0]
+from lagvae.training import aggressive
+step, calls = aggressive.AggressiveStrategy.step, [0]
 def failing(self, x, kl_weight, rows=None):
     calls[0] += 1
     if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and calls[0] == 14:
         raise LagvaeError("the disk of node 7 is full")
     return step(self, x, kl_weight, rows)
-strategies.AggressiveStrategy.step = failing
+aggressive.AggressiveStrategy.step = failing
 from lagvae.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -13,8 +13,9 @@ from lagvae.data.text import PAD_ID
 from lagvae.metrics import MAX_CHUNK_VALUES, samples_per_chunk
 from lagvae.models import build_model, linear_ce
 from lagvae.models.linear_ce import dropout, linear_cross_entropy, twice_differentiable
+from lagvae.training.aggressive import AggressiveStrategy
 from lagvae.training.flat_grads import FlatGrads
-from lagvae.training.strategies import AggressiveStrategy, JointStrategy
+from lagvae.training.strategies import JointStrategy
 
 
 def _inputs(n: int = 37, h: int = 6, v: int = 11, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from lagvae.data.corpus import default_data_root
 from lagvae.data.images import box_weights, downsample, read_image_array
 from lagvae.models import build_model
 from lagvae.models.image import PixelCNNDecoder
-from lagvae.training.strategies import AggressiveStrategy
+from lagvae.training.aggressive import AggressiveStrategy
 
 TINY_MODEL = ["model.channels=8", "model.enc_features=16", "model.kernels=5,3,3", "model.latent_dim=2"]
 

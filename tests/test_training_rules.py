@@ -6,9 +6,10 @@ import torch
 
 from lagvae.config import ModelConfig
 from lagvae.models import build_model
+from lagvae.training.aggressive import AggressiveStrategy, InnerLoopStop
 from lagvae.training.lr_rule import PlateauHalving
 from lagvae.training.schedules import linear_anneal
-from lagvae.training.strategies import AggressiveStrategy, InnerLoopStop, JointStrategy
+from lagvae.training.strategies import JointStrategy
 
 
 def run_stopper(losses: list[float], window: int, max_steps: int) -> int:

@@ -12,14 +12,21 @@ import torch
 from lagvae.config import ConfigError, RunConfig
 from lagvae.models import VAE
 from lagvae.objectives import free_bits_kl
+from lagvae.training.aggressive import AggressiveStrategy
+from lagvae.training.savae import SemiAmortizedStrategy
 from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES
-from lagvae.training.strategies import STRATEGIES, Batch, JointStrategy, plain_kl, sharded_free_bits
+from lagvae.training.strategies import Batch, JointStrategy, plain_kl, sharded_free_bits
 from lagvae.training.world import SINGLE, World
 
 log = logging.getLogger("lagvae")
 
 
 KL_TERMS = ("plain", "free-bits")
+STRATEGIES: dict[str, type[JointStrategy]] = {
+    "joint": JointStrategy,
+    "aggressive": AggressiveStrategy,
+    "savae": SemiAmortizedStrategy,
+}
 
 
 def validate(config: RunConfig) -> None:

@@ -26,6 +26,7 @@ from lagvae.models import build_model
 from lagvae.plots import plot_posterior_means
 from lagvae.posterior import PosteriorTracker, latent_grid
 from lagvae.training import checkpoint
+from lagvae.training.aggressive import AggressiveStrategy
 from lagvae.training.alarm import alarm_message, collapse_alarm
 from lagvae.training.build import build_strategy, set_lr, validate
 from lagvae.training.lr_rule import PlateauHalving
@@ -43,7 +44,7 @@ from lagvae.training.run_folder import (
 )
 from lagvae.training.runtime import setup_runtime
 from lagvae.training.schedules import kl_weight
-from lagvae.training.strategies import AggressiveStrategy, Batch
+from lagvae.training.strategies import Batch
 from lagvae.training.tensorboard_log import TensorBoardLog
 from lagvae.training.world import World, check_shards, join, prepare_model
 
