@@ -24,7 +24,8 @@ WARMUP = 3
 
 def worker(args: argparse.Namespace) -> None:
     from lagvae.experiments.presets import make_config
-    from lagvae.training.loop import Trainer, _on
+    from lagvae.training.loop import Trainer
+    from lagvae.training.strategies import on_device
     from lagvae.training.world import leave
 
     overrides = ["eval.posterior_points=0", *args.overrides]
@@ -37,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
         if i == WARMUP:
             trainer.world.barrier()
             start = time.perf_counter()
-        x, rows = _on(trainer.device, next(batches))
+        x, rows = on_device(trainer.device, next(batches))
         inner += trainer.strategy.step(x, 1.0, rows).inner_steps if i >= WARMUP else 0
     trainer.world.barrier()
     seconds = time.perf_counter() - start

@@ -108,7 +108,7 @@ def test_svi_steps_are_bounded_and_use_kims_batch_mean_learning_rate():
     assert 0.5 * bound < float((mu - mu0).norm()) <= bound and float((logvar - logvar0).norm()) <= bound
     train = TrainConfig(batch_size=32, svi_lr=1.0, svi_steps=7)
     options = SemiAmortizedStrategy._options(train, lambda: (x, None))
-    assert options["svi_steps"] == 7 and options["svi_lr"] == 1 / 32 and options["svi_clip"] == "batch"
+    assert options["svi_steps"] == 7 and options["svi_lr"] == 1 / 32 and options["svi_clip"] == "example"
     assert options["anneal"] and options["decoder_through"] and options["svi_max_grad_norm"] == 5.0
 
 

@@ -172,9 +172,9 @@ def _progress_trainer(tmp_path, method: str):
 
 
 def test_progress_refreshes_by_the_clock_not_by_step_count(tmp_path, monkeypatch):
-    import lagvae.training.loop as loop
+    import lagvae.training.epoch as epoch
 
-    monkeypatch.setattr(loop, "tqdm", _RecordingBar)
+    monkeypatch.setattr(epoch, "tqdm", _RecordingBar)
     trainer = _progress_trainer(tmp_path, "vae")
     trainer.clock = lambda: 0.0  # time stands still: one refresh, at the end of the epoch (4 steps)
     _RecordingBar.shown = []
@@ -188,9 +188,9 @@ def test_progress_refreshes_by_the_clock_not_by_step_count(tmp_path, monkeypatch
 
 
 def test_progress_shows_inner_steps_as_they_happen(tmp_path, monkeypatch):
-    import lagvae.training.loop as loop
+    import lagvae.training.epoch as epoch
 
-    monkeypatch.setattr(loop, "tqdm", _RecordingBar)
+    monkeypatch.setattr(epoch, "tqdm", _RecordingBar)
     trainer = _progress_trainer(tmp_path, "aggressive")
     ticks = iter(range(0, 100_000, 3))
     trainer.clock = lambda: float(next(ticks))

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write, save_json_atomic
-from lagvae.config import LagvaeError, RunConfig
+from lagvae.config import RunConfig
 from lagvae.data import Dataset, Splits, build_data, describe
 from lagvae.data.batches import ShardedBatches
 from lagvae.data.text import Vocab
@@ -29,13 +28,13 @@ from lagvae.training import checkpoint
 from lagvae.training.aggressive import AggressiveStrategy
 from lagvae.training.alarm import alarm_message, collapse_alarm
 from lagvae.training.build import build_strategy, set_lr, validate
+from lagvae.training.epoch import NonFiniteLossError, train_epoch
 from lagvae.training.lr_rule import PlateauHalving
 from lagvae.training.provenance import data_fingerprints
 from lagvae.training.resume import Checkpoints, TrainState
 from lagvae.training.run_folder import (
     BEST,
     DATA_STATS,
-    LAST,
     POSTERIOR_NPZ,
     POSTERIOR_PNG,
     PROVENANCE,
@@ -43,8 +42,7 @@ from lagvae.training.run_folder import (
     RunFolder,
 )
 from lagvae.training.runtime import setup_runtime
-from lagvae.training.schedules import kl_weight
-from lagvae.training.strategies import Batch
+from lagvae.training.strategies import Batch, on_device
 from lagvae.training.tensorboard_log import TensorBoardLog
 from lagvae.training.world import World, check_shards, join, prepare_model
 
@@ -53,24 +51,11 @@ log = logging.getLogger("lagvae")
 TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
 IW_RANK_STRIDE = 1_000_003  # rank r's IW stream under several processes: the test's seed + this * (r + 1)
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
-REFRESH_SECONDS = 2.0  # the progress bar refreshes (and syncs with the device) at most this often
-
-
-class NonFiniteLossError(LagvaeError):
-    """Training produced NaN/inf; the last good checkpoint is kept on disk."""
-
-
-class Preempted(LagvaeError):
-    """SIGTERM arrived: a checkpoint was written at the next step boundary, and the run stopped."""
 
 
 def _eval_batches(data: Dataset, config: RunConfig, world: World) -> ShardedBatches:
     source = data.batches(config.eval.batch_size or config.train.batch_size, shuffle=False)
     return ShardedBatches(source, world.rank, world.size)  # type: ignore[arg-type]
-
-
-def _on(device: torch.device, batch: Batch) -> Batch:
-    return batch[0].to(device, non_blocking=True), batch[1]
 
 
 class Trainer(Checkpoints):
@@ -107,7 +92,7 @@ class Trainer(Checkpoints):
         source = self.splits.train.batches(config.train.batch_size, shuffle=True, generator=self.generator)
         self.train_batches = ShardedBatches(source, self.world.rank, self.world.size)  # type: ignore[arg-type]
         self.strategy = build_strategy(
-            config, self.model, lambda: _on(self.device, self.train_batches.sample()), self.world
+            config, self.model, lambda: on_device(self.device, self.train_batches.sample()), self.world
         )
         t = config.train
         self.lr_rule = PlateauHalving(t.lr, t.lr_decay, t.lr_patience, t.lr_decay_min_epoch, t.max_decays)
@@ -129,7 +114,7 @@ class Trainer(Checkpoints):
     def _progress(self, batches: ShardedBatches, desc: str) -> Iterable[Batch]:
         """The batches on the device, behind a bar with an ETA (evaluation can take minutes)."""
         return tqdm(
-            (_on(self.device, b) for b in batches),
+            (on_device(self.device, b) for b in batches),
             total=len(batches),
             desc=desc,
             disable=not self.progress,
@@ -148,101 +133,7 @@ class Trainer(Checkpoints):
         plot_posterior_means(arrays, self.folder.file(POSTERIOR_PNG), title=self.config.train.method)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        cfg, st = self.config, self.state
-        iters = len(self.train_batches)
-        snap_every = iters // cfg.eval.snapshots_epoch0 if cfg.eval.snapshots_epoch0 > 0 else 0
-        bar = tqdm(
-            total=iters,
-            desc=f"{cfg.train.method} epoch {epoch}",
-            disable=not self.progress,
-            position=self.bar_position,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        loss_sum: Tensor | float = torch.zeros((), device=self.device)
-        inner_sum, count, beta, seconds = 0, 0, 1.0, 0.0
-        partial, self._partial_epoch = self._partial_epoch, None
-        if partial is not None:  # resuming inside this epoch, from a mid-epoch last.pt
-            count, inner_sum, beta, seconds = (
-                partial["count"],
-                partial["inner_sum"],
-                partial["beta"],
-                partial["seconds"],
-            )
-            loss_sum += partial["loss_sum"]
-            batches = self.train_batches.resume_epoch(partial["order"], count)
-        else:
-            batches = iter(self.train_batches)
-        last_shown = last_saved = self.clock()
-        save_every = 60.0 * cfg.train.checkpoint_minutes
-
-        def show(inner_now: int | None = None) -> None:
-            """Refresh the bar (one host sync), at most every REFRESH_SECONDS and at the epoch's end."""
-            nonlocal last_shown
-            last_shown = self.clock()
-            mean_loss = float(loss_sum) / max(count, 1)
-            if count and not np.isfinite(mean_loss):
-                raise NonFiniteLossError(
-                    f"non-finite training loss at step {st.step}; checkpoints already saved in "
-                    f"{self.folder.path} are intact (try a lower train.lr or train.clip_grad)"
-                )
-            postfix = {"loss": f"{mean_loss:.2f}", "kl_w": f"{beta:.2f}"}
-            postfix["agg"] = "on" if self.strategy.aggressive else "off"
-            postfix["inner"] = f"{inner_sum / max(count, 1):.1f}" if inner_now is None else f"{inner_now} now"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(count - bar.n)
-            bar.refresh()
-
-        def on_inner_step(inner_now: int) -> None:
-            if self.clock() - last_shown >= REFRESH_SECONDS:
-                show(inner_now)
-
-        self.strategy.on_inner_step = on_inner_step if self.progress else None
-        start = time.perf_counter()
-        bar.update(count)
-        for x, rows in (_on(self.device, b) for b in batches):
-            beta = kl_weight(st.step, cfg.train, iters, st.cycle_epochs)
-            stats = self.strategy.step(x, beta, rows)
-            st.step += 1
-            inner_sum += stats.inner_steps
-            count += 1
-            due = save_every > 0 and self.clock() - last_saved >= save_every
-            step_loss: Tensor | float = stats.loss
-            if self.world.distributed:
-                # One small all-reduce a step: the global loss, and a checkpoint or stop if any rank asks
-                stop, due_any, step_loss = self.world.agree([self._stop_requested, due, float(stats.loss)])
-                self._stop_requested, due = stop > 0, due_any > 0
-                if not np.isfinite(step_loss):
-                    show()  # raises NonFiniteLossError on every rank at the same step
-            loss_sum += step_loss
-            if self.tensorboard is not None and st.step % cfg.log.every_steps == 0:
-                self.tensorboard.step_loss(st.step, float(step_loss))
-            if count == iters or self.clock() - last_shown >= REFRESH_SECONDS:
-                show()
-            if epoch == 0 and snap_every and st.step % snap_every == 0 and st.step < iters:
-                seconds += time.perf_counter() - start
-                self._snapshot(epoch)
-                start = time.perf_counter()
-            if count < iters and (due or self._stop_requested):
-                here = {"order": self.train_batches.epoch_order(), "count": count, "inner_sum": inner_sum}
-                here |= {"beta": beta, "loss_sum": float(loss_sum)}
-                here["seconds"] = seconds + time.perf_counter() - start
-                self._save_last(here)
-                last_saved = self.clock()
-                if self._stop_requested:
-                    bar.close()
-                    raise Preempted(
-                        f"stopped by SIGTERM after step {st.step} (epoch {epoch}); {self.folder.file(LAST)} holds it: "
-                        "rerun with --resume to continue"
-                    )
-        seconds += time.perf_counter() - start
-        bar.close()
-        return {
-            "train_loss": float(loss_sum) / max(count, 1),
-            "kl_weight": beta,
-            "inner_steps": inner_sum / max(count, 1),
-            "seconds": seconds,
-        }
+        return train_epoch(self, epoch)
 
     def fit(self) -> TrainState:
         """Train to the epoch limit or the LR rule's stop. The folder is new or cleared, or this resumes its run

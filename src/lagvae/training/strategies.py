@@ -23,6 +23,10 @@ KLTerm = Callable[[Tensor], Tensor]  # KL per dimension [B, D] -> the per-exampl
 Batch = tuple[Tensor, Rows | None]  # this process's rows of a global minibatch (None: the whole, one process)
 
 
+def on_device(device: torch.device, batch: Batch) -> Batch:
+    return batch[0].to(device, non_blocking=True), batch[1]
+
+
 def plain_kl(kl_per_dim: Tensor) -> Tensor:
     return kl_per_dim.sum(-1)
 
