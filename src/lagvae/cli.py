@@ -239,39 +239,16 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _generate_images(args: argparse.Namespace, config: RunConfig, model: VAE, shape: tuple[int, int] | None) -> None:
     """sample / reconstruct for an image run: a PNG grid (PixelCNN sampling takes H*W decoder passes)."""
-    import numpy as np
-    import torch
-
-    from lagvae.generate import reconstruct_images, sample_images
+    from lagvae.generate import image_panel
     from lagvae.plots import save_image_grid
 
-    if shape is None:
-        raise LagvaeError(f"{args.run} has neither vocab.json nor an image shape in data_stats.json")
-    if args.command == "interpolate":
-        raise LagvaeError("interpolate works on text runs; for images use sample or reconstruct")
     if args.out is None:
         raise LagvaeError(f"{args.command} on an image run writes a PNG grid: give --out FILE.png")
-    device = next(model.parameters()).device
-    progress = not args.no_progress
-    if args.command == "sample":
-        z = torch.randn(args.n, config.model.latent_dim, generator=torch.Generator().manual_seed(args.seed))
-        images = sample_images(model, z.to(device), shape, seed=args.seed, progress=progress)
-        cols = min(args.n, 10)
-    else:
-        if args.input is not None:
-            from lagvae.data.images import read_image_array
-
-            probs = torch.from_numpy(read_image_array(args.input)[: args.n]).unsqueeze(1)
-            x = torch.bernoulli(probs, generator=torch.Generator().manual_seed(args.seed))
-        else:
-            from lagvae.data import build_data
-
-            x = build_data(config.data).test.first(args.n)
-        if tuple(x.shape[-2:]) != shape:
-            raise LagvaeError(f"input images are {tuple(x.shape[-2:])}; the run was trained on {shape}")
-        images = reconstruct_images(model, x.to(device), sample_z=args.sample_z, seed=args.seed, progress=progress)
-        cols = 2 * min(len(x), 5)
-    save_image_grid(np.asarray(images), args.out, cols)
+    images, cols = image_panel(
+        args.command, args.run, config, model, shape, n=getattr(args, "n", 0), input_path=getattr(args, "input", None),
+        sample_z=getattr(args, "sample_z", False), seed=args.seed, progress=not args.no_progress,
+    )  # fmt: skip
+    save_image_grid(images, args.out, cols)
     print(f"wrote {args.out}")
 
 

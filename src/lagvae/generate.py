@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lagvae.config import LagvaeError
+from lagvae.config import LagvaeError, RunConfig
 from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, TextSet, Vocab, strip_ids
 from lagvae.models.vae import VAE
 
@@ -184,3 +185,41 @@ def reconstruct_images(
         return pairs.reshape(-1, *x.shape[-2:]).numpy()
     finally:
         model.train(was_training)
+
+
+def image_panel(
+    command: str,
+    run_dir: Path,
+    config: RunConfig,
+    model: VAE,
+    shape: tuple[int, int] | None,
+    *,
+    n: int,
+    input_path: Path | None,
+    sample_z: bool,
+    seed: int,
+    progress: bool,
+) -> tuple[np.ndarray, int]:
+    """The images of `sample` (n draws from the prior) or `reconstruct` (n inputs, each beside its
+    reconstruction; the run's test split by default) for an image run, and the grid's column count."""
+    if shape is None:
+        raise LagvaeError(f"{run_dir} has neither vocab.json nor an image shape in data_stats.json")
+    if command == "interpolate":
+        raise LagvaeError("interpolate works on text runs; for images use sample or reconstruct")
+    device = next(model.parameters()).device
+    if command == "sample":
+        z = torch.randn(n, config.model.latent_dim, generator=torch.Generator().manual_seed(seed))
+        return np.asarray(sample_images(model, z.to(device), shape, seed=seed, progress=progress)), min(n, 10)
+    if input_path is not None:
+        from lagvae.data.images import read_image_array
+
+        probs = torch.from_numpy(read_image_array(input_path)[:n]).unsqueeze(1)
+        x = torch.bernoulli(probs, generator=torch.Generator().manual_seed(seed))
+    else:
+        from lagvae.data import build_data
+
+        x = build_data(config.data).test.first(n)
+    if tuple(x.shape[-2:]) != shape:
+        raise LagvaeError(f"input images are {tuple(x.shape[-2:])}; the run was trained on {shape}")
+    images = reconstruct_images(model, x.to(device), sample_z=sample_z, seed=seed, progress=progress)
+    return np.asarray(images), 2 * min(len(x), 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing
 import shlex
 import statistics
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from lagvae.atomic import atomic_write
 from lagvae.config import ConfigError
 from lagvae.experiments.presets import make_config
+from lagvae.experiments.report import markdown_table
 from lagvae.training.methods import METHODS
 from lagvae.training.run_folder import ERROR, FINAL, RunFolder
 
@@ -192,30 +194,31 @@ def summarise(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[
 def write_summary(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str], out: Path) -> None:
     rows = summarise(results, methods)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "compare.csv").open("w", newline="") as f:
-        keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "method", k))
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=sorted({k for row in rows for k in row}, key=lambda k: (k != "method", k))
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "compare.csv", lambda f: f.write(buffer.getvalue().encode()))
     has_ppl = any("ppl" in r for r in rows)
     head = ["method", "NLL", "KL", "MI", "MI (full)", "AU", *(["PPL"] if has_ppl else [])]
     head += ["time/epoch vs vae", "s/epoch", "runs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for row in rows:
         if not row["runs"]:
-            lines.append(f"| {row['method']} |" + " - |" * (len(head) - 2) + " 0 |")
+            table.append([row["method"], *["-"] * (len(head) - 2), "0"])
             continue
         cells = [row["method"]]
         for key in (*METRICS, *(["ppl"] if has_ppl else [])):
             cells.append(f"{row[key]:.2f} ± {row[key + '_sd']:.2f}" if key in row else "-")
         cells.append(f"{row['time_rel']:.2f}x" if "time_rel" in row else "-")
-        cells += [f"{row['seconds_per_epoch']:.1f}", str(row["runs"])]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append([*cells, f"{row['seconds_per_epoch']:.1f}", str(row["runs"])])
     failures = [f"- {m} seed {s}: {r['error']}" for (m, s), r in results.items() if not r["ok"]]
-    text = "\n".join(lines) + "\n"
+    text = markdown_table(head, table) + "\n"
     if failures:
         text += "\nFailed runs (see error.txt in each run folder):\n" + "\n".join(failures) + "\n"
-    (out / "compare.md").write_text(text)
+    atomic_write(out / "compare.md", lambda f: f.write(text.encode()))
     _plot_curves(results, methods, out)
 
 
