@@ -93,11 +93,6 @@ class ShardedBatches:
     def resume_epoch(self, order: list[Tensor], start: int) -> Iterator[tuple[Tensor, Rows | None]]:
         return (self._shard(x) for x in self.source.resume_epoch(order, start))
 
-    def batch_sizes(self) -> list[int]:
-        """The global batch sizes of an epoch (all full but the last)."""
-        n, size = len(self.source.data), self.source.batch_size
-        return [size] * (n // size) + ([n % size] if n % size else [])
-
 
 def shard_bounds(n: int, world_size: int) -> list[int]:
     """Row boundaries of `torch.tensor_split(range(n), world_size)`: rank r holds rows [b[r], b[r+1])."""
