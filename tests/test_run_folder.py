@@ -174,3 +174,30 @@ def test_compare_plan_writes_one_resumable_train_line_per_unfinished_cell(tmp_pa
     assert main([*args, "--report-only"]) == 0
     report = (grid / "compare.md").read_text()
     assert "| vae |" in report and "| beta=0.5 |" in report and report.count(" 2 |") >= 2  # 2 runs each
+
+
+def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
+    """SIGKILL the `compare` process: its worker must not train on as an orphan, but checkpoint and stop."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = ["compare", "synthetic", "--methods", "aggressive", "--seeds", "1", "--epochs", "20", "--jobs", "1"]
+    grid += ["--train-limit", "640", "--out", str(tmp_path), "--set", "eval.posterior_points=0"]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "lagvae", *grid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    cell = tmp_path / "aggressive" / "seed0"
+    deadline = time.monotonic() + 120
+    while not (cell / "config.json").exists():  # the worker is training
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while not (cell / "error.txt").exists():
+        assert time.monotonic() < deadline, "the orphaned worker kept training"
+        time.sleep(0.2)
+    assert "stopped by SIGTERM" in (cell / "error.txt").read_text()
+    assert (cell / "last.pt").exists()  # resumable

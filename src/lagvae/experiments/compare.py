@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import multiprocessing
+import os
 import shlex
+import signal
 import statistics
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -52,6 +56,25 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
     if name not in PARAMETER:
         raise ConfigError(f"method {name!r} takes no parameter (only {', '.join(PARAMETER)} do)")
     return name, [f"{PARAMETER[name]}={value}"]
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for runs (spawn, not fork: a forked child cannot use CUDA once the parent has touched it)
+    that stop when the process that started them dies, instead of training on as orphans."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_stop_with_parent, initargs=(os.getpid(),))
+
+
+def _stop_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """A daemon thread: once `parent` is gone, SIGTERM this worker, so a run checkpoints at its next step
+    (the Trainer's SIGTERM handler) and stops; the grid then resumes it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _run_one(spec: RunSpec) -> dict[str, Any]:
@@ -148,10 +171,9 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
             todo.append(spec)
     # Slow strategies first, so parallel workers finish together instead of one running alone at the end.
     todo.sort(key=lambda spec: SLOW_FIRST.get(METHODS[spec.method].get("train.strategy", "joint"), 2))
-    # spawn, not fork: a forked child cannot use CUDA once the parent has touched it
     workers = max(1, jobs)
     with (
-        ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool,
+        worker_pool(workers) as pool,
         tqdm(total=len(specs), initial=len(specs) - len(todo), desc="grid cells", disable=not todo) as bar,
     ):
         futures = {pool.submit(_attempt, spec): spec for spec in todo}

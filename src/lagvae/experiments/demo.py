@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lagvae.experiments.compare import worker_pool
 from lagvae.experiments.presets import make_config
 from lagvae.training.run import train_and_evaluate
 
@@ -47,7 +46,7 @@ def run_demo(
     keeps rising), so the demo trains on the first 6,000 (`train_limit=None` for all of them).
     """
     workers = min(len(DEMO_METHODS), os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:
         futures = {
             m: pool.submit(_run, m, out, epochs, seed, iw_samples, train_limit, tuple(overrides), i)
             for i, m in enumerate(DEMO_METHODS)
