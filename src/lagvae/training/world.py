@@ -32,7 +32,7 @@ class GroupFailed(LagvaeError):
 
 @dataclass
 class World:
-    """This process's place in the run: `rank` of `size`, on `device`."""
+    """This process's place in the run: `rank` of `size`, and `local_rank` of `local_size` on its machine."""
 
     rank: int = 0
     size: int = 1
