@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lagvae.config import ModelConfig, TrainConfig
+from lagvae.config import ModelConfig, RunConfig, TrainConfig
 from lagvae.experiments.presets import make_config
-from lagvae.inference import svi_refine
+from lagvae.inference import Refined, svi_refine
 from lagvae.metrics import evaluate, iw_log_likelihood
 from lagvae.models import build_model
 from lagvae.objectives import free_bits_kl, gaussian_kl, gaussian_kl_per_dim
+from lagvae.training.build import build_posterior
 from lagvae.training.savae import SemiAmortizedStrategy
 from lagvae.training.schedules import cyclical, kl_weight
 from lagvae.training.strategies import JointStrategy
@@ -106,10 +107,12 @@ def test_svi_steps_are_bounded_and_use_kims_batch_mean_learning_rate():
     mu, logvar = svi_refine(vae, x, mu0, logvar0, 6, 1.0 / 8, 0.5, max_grad_norm=2.0, clip="batch")
     bound = 1.0 * 2.0 * 6 / (1 - 0.5)
     assert 0.5 * bound < float((mu - mu0).norm()) <= bound and float((logvar - logvar0).norm()) <= bound
-    train = TrainConfig(batch_size=32, svi_lr=1.0, svi_steps=7)
+    train = TrainConfig(strategy="savae", batch_size=32, svi_lr=1.0, svi_steps=7)
     options = SemiAmortizedStrategy._options(train, lambda: (x, None))
-    assert options["svi_steps"] == 7 and options["svi_lr"] == 1 / 32 and options["svi_clip"] == "example"
-    assert options["anneal"] and options["decoder_through"] and options["svi_max_grad_norm"] == 5.0
+    svi = options["svi"]
+    assert svi["steps"] == 7 and svi["lr"] == 1 / 32 and svi["clip"] == "example" and svi["max_grad_norm"] == 5.0
+    assert options["anneal"] and options["decoder_through"]
+    assert build_posterior(RunConfig(train=train)) == Refined(svi)  # what a finished run's metrics use
 
 
 def test_savae_gradient_reaches_the_encoder_through_the_svi_steps():
@@ -195,7 +198,7 @@ def test_savae_svi_objective_carries_the_annealed_kl_weight(monkeypatch):
     for anneal in (True, False):
         model = build_model(ModelConfig(8, 8, 8, 2, 0.0, 0.0), vocab_size=12)
         opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (model.encoder, model.decoder)]
-        SemiAmortizedStrategy(model, *opts, 5.0, svi_steps=2, anneal=anneal).step(x, 0.3)
+        SemiAmortizedStrategy(model, *opts, 5.0, {"steps": 2}, anneal=anneal).step(x, 0.3)
     assert seen == [0.3, 1.0]
     mu0, logvar0 = torch.zeros(4, 2), torch.zeros(4, 2)
     torch.manual_seed(1)
@@ -209,7 +212,7 @@ def test_savae_strategy_steps_both_networks_and_metrics_use_the_refined_posterio
     model = build_model(ModelConfig(8, 8, 8, 2, 0.0, 0.0), vocab_size=12)
     enc = torch.optim.SGD(model.encoder.parameters(), lr=0.5)
     dec = torch.optim.SGD(model.decoder.parameters(), lr=0.5)
-    strategy = SemiAmortizedStrategy(model, enc, dec, 5.0, svi_steps=3)
+    strategy = SemiAmortizedStrategy(model, enc, dec, 5.0, {"steps": 3})
     x = torch.randint(4, 12, (4, 6))
     before = [p.detach().clone() for p in model.parameters()]
     stats = strategy.step(x, 1.0)
@@ -218,7 +221,8 @@ def test_savae_strategy_steps_both_networks_and_metrics_use_the_refined_posterio
     model.eval()
     with torch.no_grad():
         amortized = model.encode(x)[0]
-        refined = model.posterior(x)[0]
+        refined = strategy.posterior(model, x)[0]
+        assert JointStrategy(model, enc, dec, 5.0).posterior(model, x)[0].equal(amortized)
     assert not torch.allclose(amortized, refined)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from lagvae.cli import COMMANDS, main
 from lagvae.data.corpus import default_data_root
 from lagvae.data.images import FASHION_DIR
 from lagvae.experiments.presets import PRESETS
+from lagvae.training.loop import Trainer
 
 TINY = [
     "--epochs", "2", "--train-limit", "48", "--no-progress", "--threads", "1", "--set", "data.n_train=100",
@@ -51,12 +53,17 @@ def test_train_writes_the_run_folder_contract(tmp_path, capsys):
     assert "run folder" in capsys.readouterr().out
 
 
-def test_eval_recomputes_final_from_the_checkpoint(tmp_path):
+def test_eval_recomputes_final_from_the_checkpoint(tmp_path, monkeypatch):
     out = _train(tmp_path, "synthetic", "vae")
     before = json.loads((out / "final.json").read_text())
     (out / "final.json").unlink()
+    nll_before = (out / "test_nll.csv").read_text()
+    (out / "test_nll.csv").unlink()
+    # a finished folder is evaluated without building a Trainer (no optimisers, no strategy)
+    monkeypatch.setattr(Trainer, "__init__", lambda *a, **k: pytest.fail("eval built a Trainer"))
     assert main(["eval", str(out)]) == 0
     after = json.loads((out / "final.json").read_text())
+    assert (out / "test_nll.csv").read_text() == nll_before
     # the test draws from its own seeded stream, so eval reproduces every number, the Monte Carlo ones too
     for key in ("nll", "kl", "mi", "elbo", "au", "ppl"):
         assert after[key] == pytest.approx(before[key], rel=1e-6, abs=1e-9), key
@@ -152,6 +159,24 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys):
     # report-only tabulates what is finished and trains nothing
     assert main([*grid[:3], "vae,cyclical", *grid[4:], *tiny, "--report-only"]) == 0
     assert not (out / "cyclical").exists() and "| cyclical | -" in (out / "compare.md").read_text()
+    # paired differences: each test example's NLL (test_nll.csv) against the reference's, seed by seed
+    assert main([*grid, *tiny, "--report-only", "--reference", "vae"]) == 0
+    per_seed = []
+    for seed in (0, 1):
+        nll = {
+            m: np.loadtxt(out / m / f"seed{seed}" / "test_nll.csv", delimiter=",", skiprows=1) for m in ("vae", "lm")
+        }
+        assert nll["lm"][:, 0].tolist() == list(range(16))  # every test example once, in split order
+        final = json.loads((out / "lm" / f"seed{seed}" / "final.json").read_text())
+        assert nll["lm"][:, 1].mean() == pytest.approx(final["nll"], abs=1e-4)
+        per_seed.append((nll["lm"][:, 1] - nll["vae"][:, 1]).mean())
+    row = next(
+        line
+        for line in (out / "compare.md").read_text().splitlines()
+        if line.startswith("| lm |") and "±" in line and line.count("|") == 5
+    )
+    mean, sd = np.mean(per_seed), np.std(per_seed, ddof=1)
+    assert row.split("|")[2].strip() == f"{mean:+.3f} ± {sd:.3f}" and row.split("|")[4].strip() == "2"
 
 
 def test_demo_prints_the_table(tmp_path, capsys):
@@ -181,6 +206,7 @@ def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["train", "synthetic", "--set", "train.lrr=2"], "did you mean train.lr"),
         (["train", "synthetic", "--out", "/proc/lagvae-cannot-write"], "cannot write to output folder"),
         (["eval", "/nonexistent-run"], "has no best.pt"),
+        (["compare", "synthetic", "--methods", "vae", "--out", "/nonexistent-grid", "--reference", "lm"], "not one of"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, message, capsys):

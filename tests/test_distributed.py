@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -174,6 +175,11 @@ def test_two_gloo_processes_train_the_one_process_run(tmp_path, method):
                 assert a[key] == b[key], (a["epoch"], key)
             else:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), (a["epoch"], key)
+    for run in ("one", "two"):  # each test example's NLL once, gathered from the ranks in split order
+        table = np.loadtxt(tmp_path / run / "test_nll.csv", delimiter=",", skiprows=1)
+        assert table[:, 0].tolist() == list(range(32))
+        final = json.loads((tmp_path / run / "final.json").read_text())
+        assert table[:, 1].mean() == pytest.approx(final["nll"], abs=1e-4)
     if method == "aggressive":  # the switch-off falls inside the run, at the same epoch
         assert [r["aggressive"] for r in one] == [r["aggressive"] for r in two] == [True, True, False]
         assert sum(inner_one) > 2 * len(inner_one)

@@ -16,6 +16,7 @@ from lagvae.experiments.presets import PRESETS, SIZES, make_config
 from lagvae.training.methods import METHODS
 
 if TYPE_CHECKING:
+    from lagvae.inference import Posterior
     from lagvae.models import VAE
 
 
@@ -84,11 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="recompute final.json of a run folder from its best checkpoint")
     ev.add_argument("run", type=Path)
     ev.add_argument("--iw-samples", type=_positive_int)
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar while testing")
 
     cmp = sub.add_parser("compare", help="a methods x seeds grid on one preset, summarised as a table")
     cmp.add_argument("preset", help=f"one of: {', '.join(PRESETS)}")
     cmp.add_argument("--methods", required=True, help="comma-separated, e.g. vae,aggressive,beta=0.8,free-bits=0.5")
     cmp.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 for every method")
+    cmp.add_argument(
+        "--reference",
+        help="pair every method's test NLLs with this method's, example by example "
+        "(default: aggressive-anneal, else aggressive, when in --methods)",
+    )
     cmp.add_argument("--size", help=f"text model size for every run: {', '.join(SIZES)}")
     cmp.add_argument("--epochs", type=_positive_int)
     cmp.add_argument("--train-limit", type=_positive_int)
@@ -171,13 +178,16 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from lagvae.training.finished import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run, args.iw_samples), indent=2))
+    print(json.dumps(evaluate_run(args.run, args.iw_samples, progress=not args.no_progress), indent=2))
 
 
 def _compare(args: argparse.Namespace) -> None:
     from lagvae.experiments.compare import Grid, plan_commands, run_grid
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    reference = args.reference or next((m for m in ("aggressive-anneal", "aggressive") if m in methods), None)
+    if reference is not None and reference not in methods:
+        raise LagvaeError(f"--reference {reference} is not one of --methods ({', '.join(methods)})")
     grid = Grid(
         args.preset,
         methods,
@@ -187,6 +197,7 @@ def _compare(args: argparse.Namespace) -> None:
         args.train_limit,
         args.size,
         tuple(args.overrides),
+        reference,
     )
     if args.plan is not None:
         from lagvae.atomic import atomic_write
@@ -204,12 +215,14 @@ def _compare(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
+    from lagvae.training.build import build_posterior
     from lagvae.training.finished import load_trained, saved_image_shape, saved_longest_document
 
     torch.manual_seed(args.seed)
     config, model, vocab = load_trained(args.run)
+    posterior = build_posterior(config)  # SA-VAE runs encode with their refined posterior, as their metrics did
     if vocab is None:
-        _generate_images(args, config, model, saved_image_shape(args.run))
+        _generate_images(args, config, model, saved_image_shape(args.run), posterior)
         return
     from lagvae.generate import Decoding, decode_sentences, interpolate_sentences, reconstruct_sentences
 
@@ -226,10 +239,10 @@ def _generate(args: argparse.Namespace) -> None:
         lines = [line for line in read_lines(args.input) if line.strip()]
         if not lines:
             raise LagvaeError(f"{args.input} has no non-empty lines")
-        decoded = reconstruct_sentences(model, vocab, lines, args.sample_z, how)
+        decoded = reconstruct_sentences(model, vocab, lines, args.sample_z, how, posterior)
         out = [f"{line}\t->\t{text}" for line, text in zip(lines, decoded, strict=True)]
     else:
-        out = interpolate_sentences(model, vocab, args.sentence_a, args.sentence_b, args.steps, how)
+        out = interpolate_sentences(model, vocab, args.sentence_a, args.sentence_b, args.steps, how, posterior)
     if args.out is not None:
         args.out.write_text("".join(line + "\n" for line in out))
         print(f"wrote {len(out)} lines to {args.out}")
@@ -237,7 +250,9 @@ def _generate(args: argparse.Namespace) -> None:
         print("\n".join(out))
 
 
-def _generate_images(args: argparse.Namespace, config: RunConfig, model: VAE, shape: tuple[int, int] | None) -> None:
+def _generate_images(
+    args: argparse.Namespace, config: RunConfig, model: VAE, shape: tuple[int, int] | None, posterior: Posterior
+) -> None:
     """sample / reconstruct for an image run: a PNG grid (PixelCNN sampling takes H*W decoder passes)."""
     from lagvae.generate import image_panel
     from lagvae.plots import save_image_grid
@@ -246,7 +261,7 @@ def _generate_images(args: argparse.Namespace, config: RunConfig, model: VAE, sh
         raise LagvaeError(f"{args.command} on an image run writes a PNG grid: give --out FILE.png")
     images, cols = image_panel(
         args.command, args.run, config, model, shape, n=getattr(args, "n", 0), input_path=getattr(args, "input", None),
-        sample_z=getattr(args, "sample_z", False), seed=args.seed, progress=not args.no_progress,
+        sample_z=getattr(args, "sample_z", False), seed=args.seed, progress=not args.no_progress, posterior=posterior,
     )  # fmt: skip
     save_image_grid(images, args.out, cols)
     print(f"wrote {args.out}")
@@ -259,11 +274,12 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from lagvae.experiments.demo import demo_checks, run_demo
+    from lagvae.experiments.demo import demo_checks, demo_grid, run_demo
     from lagvae.experiments.report import results_table
     from lagvae.training.run_folder import POSTERIOR_PNG
 
-    results = run_demo(args.out, args.epochs, args.seed, args.iw_samples, args.train_limit, args.overrides)
+    grid = demo_grid(args.out, args.epochs, args.seed, args.iw_samples, args.train_limit, args.overrides)
+    results = run_demo(grid)
     print(
         f"\nsynthetic preset, {args.train_limit} training sentences, {args.epochs} epochs, seed {args.seed}, "
         f"test IW-NLL with K={args.iw_samples}\n"
@@ -273,7 +289,8 @@ def _demo(args: argparse.Namespace) -> None:
     for claim, shown in demo_checks(results):
         print(f"[{'shown' if shown else 'NOT shown'}] {claim}")
     for method in results:
-        print(f"posterior-mean figure ({method}): {args.out / method / POSTERIOR_PNG}")
+        print(f"posterior-mean figure ({method}): {grid.folder(method, args.seed) / POSTERIOR_PNG}")
+    print(f"comparison: {args.out / 'compare.md'}; one page of it all: lagvae report {args.out}")
 
 
 COMMANDS = {

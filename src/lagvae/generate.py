@@ -12,6 +12,7 @@ from torch import Tensor
 
 from lagvae.config import LagvaeError, RunConfig
 from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, TextSet, Vocab, strip_ids
+from lagvae.inference import Posterior, amortized
 from lagvae.models.vae import VAE
 
 DECODERS = ("greedy", "beam", "sample")
@@ -116,8 +117,11 @@ def interpolation_latents(mu_a: Tensor, mu_b: Tensor, steps: int) -> Tensor:
 
 
 @torch.no_grad()
-def encode_sentences(model: VAE, vocab: Vocab, lines: list[str]) -> tuple[Tensor, Tensor]:
-    """The posterior (mu, logvar) [N, D] of whitespace-tokenised lines (a `label<TAB>` prefix is dropped)."""
+def encode_sentences(
+    model: VAE, vocab: Vocab, lines: list[str], posterior: Posterior = amortized
+) -> tuple[Tensor, Tensor]:
+    """The posterior (mu, logvar) [N, D] of whitespace-tokenised lines (a `label<TAB>` prefix is dropped);
+    `posterior` is the run's (build_posterior: SA-VAE runs refine the encoder's)."""
     docs = [line.split("\t", 1)[-1].split() for line in lines]
     if not docs or not all(docs):
         raise LagvaeError("empty sentence given; every input needs at least one token")
@@ -127,7 +131,7 @@ def encode_sentences(model: VAE, vocab: Vocab, lines: list[str]) -> tuple[Tensor
                 f"input {number} ({' '.join(doc)[:40]!r}) has no word of the vocabulary: it reads as <unk> only"
             )
     tokens = TextSet.from_ids([vocab.encode(d) for d in docs]).tokens
-    return model.posterior(tokens.to(next(model.parameters()).device))
+    return posterior(model, tokens.to(next(model.parameters()).device))
 
 
 def decode_sentences(model: VAE, vocab: Vocab, z: Tensor, how: Decoding = Decoding()) -> list[str]:
@@ -140,19 +144,30 @@ def decode_sentences(model: VAE, vocab: Vocab, z: Tensor, how: Decoding = Decodi
 
 
 def reconstruct_sentences(
-    model: VAE, vocab: Vocab, lines: list[str], sample_z: bool = False, how: Decoding = Decoding()
+    model: VAE,
+    vocab: Vocab,
+    lines: list[str],
+    sample_z: bool = False,
+    how: Decoding = Decoding(),
+    posterior: Posterior = amortized,
 ) -> list[str]:
     """Each line decoded from its posterior mean (or a posterior sample with `sample_z`)."""
-    mu, logvar = encode_sentences(model, vocab, lines)
+    mu, logvar = encode_sentences(model, vocab, lines, posterior)
     z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample_z else mu
     return decode_sentences(model, vocab, z, how)
 
 
 def interpolate_sentences(
-    model: VAE, vocab: Vocab, a: str, b: str, steps: int, how: Decoding = Decoding()
+    model: VAE,
+    vocab: Vocab,
+    a: str,
+    b: str,
+    steps: int,
+    how: Decoding = Decoding(),
+    posterior: Posterior = amortized,
 ) -> list[str]:
     """Sentences decoded along the line between the posterior means of a and b, ends included."""
-    mu, _ = encode_sentences(model, vocab, [a, b])
+    mu, _ = encode_sentences(model, vocab, [a, b], posterior)
     return decode_sentences(model, vocab, interpolation_latents(mu[0], mu[1], steps), how)
 
 
@@ -170,14 +185,20 @@ def sample_images(model: VAE, z: Tensor, shape: tuple[int, int], *, seed: int = 
 
 @torch.no_grad()
 def reconstruct_images(
-    model: VAE, x: Tensor, *, sample_z: bool = False, seed: int = 0, progress: bool = True
+    model: VAE,
+    x: Tensor,
+    *,
+    sample_z: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    posterior: Posterior = amortized,
 ) -> np.ndarray:
     """Inputs beside reconstructions, [2N, H, W] as x_0, r_0, x_1, r_1, ...: r_n ~ p(x | z), z the posterior
     mean of x_n (or a posterior sample with `sample_z`)."""
     was_training = model.training
     model.eval()
     try:
-        mu, logvar = model.posterior(x)
+        mu, logvar = posterior(model, x)
         if sample_z:
             mu = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed)).to(mu)
         recon = torch.as_tensor(sample_images(model, mu, tuple(x.shape[-2:]), seed=seed, progress=progress))
@@ -199,6 +220,7 @@ def image_panel(
     sample_z: bool,
     seed: int,
     progress: bool,
+    posterior: Posterior = amortized,
 ) -> tuple[np.ndarray, int]:
     """The images of `sample` (n draws from the prior) or `reconstruct` (n inputs, each beside its
     reconstruction; the run's test split by default) for an image run, and the grid's column count."""
@@ -221,5 +243,7 @@ def image_panel(
         x = build_data(config.data).test.first(n)
     if tuple(x.shape[-2:]) != shape:
         raise LagvaeError(f"input images are {tuple(x.shape[-2:])}; the run was trained on {shape}")
-    images = reconstruct_images(model, x.to(device), sample_z=sample_z, seed=seed, progress=progress)
+    images = reconstruct_images(
+        model, x.to(device), sample_z=sample_z, seed=seed, progress=progress, posterior=posterior
+    )
     return np.asarray(images), 2 * min(len(x), 5)

@@ -1,9 +1,12 @@
-"""Per-example stochastic variational inference: refine q(z|x) by gradient steps on the ELBO (SA-VAE)."""
+"""The posterior q(z|x) that metrics and generation use: the encoder's (amortised), or that refined per example
+by stochastic variational inference (SA-VAE)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -12,6 +15,29 @@ from lagvae import draws
 from lagvae.models.linear_ce import twice_differentiable
 from lagvae.models.vae import VAE
 from lagvae.objectives import gaussian_kl
+
+
+class Posterior(Protocol):
+    """Maps a batch x to the parameters (mu, logvar) of a diagonal-Gaussian q(z|x)."""
+
+    def __call__(self, model: VAE, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+def amortized(model: VAE, x: Tensor) -> tuple[Tensor, Tensor]:
+    """q(z|x) = N(mu_phi(x), diag(exp logvar_phi(x))): the encoder's output."""
+    return model.encode(x)
+
+
+@dataclass(frozen=True)
+class Refined:
+    """q(z|x) = N(lambda_K): the encoder's lambda_0 after `svi_refine`'s K steps on the ELBO at KL weight 1
+    (SA-VAE's evaluation posterior); `svi` holds svi_refine's keyword options."""
+
+    svi: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, model: VAE, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = model.encode(x)
+        return svi_refine(model, x, mu, logvar, **self.svi)
 
 
 def svi_refine(

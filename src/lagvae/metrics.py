@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lagvae import draws
 from lagvae.draws import Rows
+from lagvae.inference import Posterior, amortized
 from lagvae.models.vae import VAE
 from lagvae.objectives import gaussian_kl, iw_bound, log_importance_weights, log_normal, reparameterize
 
@@ -23,11 +24,13 @@ def iw_log_likelihood(
     x: Tensor,
     k: int,
     max_memory_mb: float = 512,
-    posterior: tuple[Tensor, Tensor] | None = None,
+    q: tuple[Tensor, Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded in memory-bounded chunks."""
-    mu, logvar = posterior if posterior is not None else model.posterior(x)
+    """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded in memory-bounded chunks.
+
+    `q` is (mu, logvar) of q(z|x), the encoder's when not given."""
+    mu, logvar = q if q is not None else model.encode(x)
     if x.shape[0] > 1 and sample_bytes(model, x) > max_memory_mb * 2**20:
         half = x.shape[0] // 2  # even one sample of the whole batch does not fit: split the batch
         parts = [(x[:half], mu[:half], logvar[:half]), (x[half:], mu[half:], logvar[half:])]
@@ -142,12 +145,15 @@ def evaluate(
     world: World | None = None,
     iw_generator: torch.Generator | None = None,
     mi_full_max: int = 10_000,
+    posterior: Posterior = amortized,
+    nll_examples: list[Tensor] | None = None,
 ) -> dict[str, float]:
     """Per-example means of elbo, rec, kl, mi (per-minibatch aggregate, size-weighted) and au over all batches.
 
     With iw_samples > 0 also nll (IW bound with K = iw_samples, decoded within max_memory_mb); `ppl` uses nll
     when present, else -elbo.
-    Everything is at KL weight 1. The model is put in eval mode (no dropout) and restored afterwards.
+    Everything is at KL weight 1, under `posterior` (the encoder's q, or SA-VAE's refined one). The model is
+    put in eval mode (no dropout) and restored afterwards.
 
     Sharded over processes (`world`, batches of (this rank's rows, Rows)), every rank gathers each global
     batch's posterior parameters, so KL, I_q (whose aggregate posterior is the global minibatch's, as in
@@ -157,6 +163,7 @@ def evaluate(
 
     `mi_full` is I_q with the whole split's aggregate posterior (or a seeded subsample of `mi_full_max`
     examples, their number in `mi_full_n`), from its own seeded stream (0 turns it off).
+    With iw_samples > 0, `nll_examples` (when given) receives each global batch's per-example -log p(x).
     """
     was_training = model.training
     model.eval()
@@ -167,7 +174,7 @@ def evaluate(
     for item in batches:
         x, rows = item if isinstance(item, tuple) else (item, None)
         with draws.sharded(rows):
-            mu, logvar = model.posterior(x)
+            mu, logvar = posterior(model, x)
             z = reparameterize(mu, logvar, 1)
         rec = -model.log_prob(x, z).squeeze(1)
         sums["rec"] += float(rec.sum())
@@ -181,6 +188,8 @@ def evaluate(
         if iw_samples > 0:
             log_px = iw_log_likelihood(model, x, iw_samples, max_memory_mb, (mu, logvar), iw_generator)
             sums["nll"] += float(-log_px.sum())
+            if nll_examples is not None:
+                nll_examples.append(-(world.gather_rows(log_px, rows) if world is not None else log_px))
         mus.append(mu_all)
         logvars.append(logvar_all)
         n += b

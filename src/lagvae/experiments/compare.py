@@ -44,6 +44,7 @@ class RunSpec:
     train_limit: int | None
     size: str | None
     overrides: tuple[str, ...]  # the method's own parameter first, then the grid's --set overrides
+    bar_position: int | None = None  # None: no progress bar (the grid's own bar counts cells)
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
@@ -90,8 +91,9 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
         overrides=spec.overrides,
     )
     config.threads = 1  # grid runs share the machine; one thread each
-    config.progress = False
-    return train_and_evaluate(config, spec.out, resume="auto")  # a half-trained cell continues
+    config.progress = spec.bar_position is not None
+    # a half-trained cell continues
+    return train_and_evaluate(config, spec.out, resume="auto", bar_position=spec.bar_position or 0)
 
 
 def _attempt(spec: RunSpec) -> dict[str, Any]:
@@ -115,24 +117,30 @@ class Grid:
     train_limit: int | None = None
     size: str | None = None
     overrides: tuple[str, ...] = ()
+    reference: str | None = None  # the method the others' test NLLs are paired against, example by example
+    run_bars: bool = False  # a progress bar per run (for grids no larger than the worker pool, as `demo`)
+
+    def folder(self, label: str, seed: int) -> Path:
+        return self.out / label / f"seed{seed}"
 
     def specs(self) -> list[RunSpec]:
         """One RunSpec per cell; a method typo fails here, before anything runs."""
         parsed = {label: parse_method(label) for label in self.methods}
+        cells = [(m, name, extra, s) for m, (name, extra) in parsed.items() for s in self.seeds]
         return [
             RunSpec(
                 self.preset,
                 m,
                 name,
                 s,
-                self.out / m / f"seed{s}",
+                self.folder(m, s),
                 self.epochs,
                 self.train_limit,
                 self.size,
                 (*extra, *self.overrides),
+                i + 1 if self.run_bars else None,  # below the grid's bar
             )
-            for m, (name, extra) in parsed.items()
-            for s in self.seeds
+            for i, (m, name, extra, s) in enumerate(cells)
         ]
 
 
@@ -186,7 +194,7 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
             bar.update(1)
             left = len(todo) - (bar.n - bar.initial)
             bar.set_postfix(running=min(workers, left), left=left)
-    write_summary(results, grid.methods, grid.out)
+    write_summary(results, grid)
     return results
 
 
@@ -213,8 +221,9 @@ def summarise(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[
     return rows
 
 
-def write_summary(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str], out: Path) -> None:
-    rows = summarise(results, methods)
+def write_summary(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> None:
+    out = grid.out
+    rows = summarise(results, grid.methods)
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(
@@ -238,19 +247,61 @@ def write_summary(results: dict[tuple[str, int], dict[str, Any]], methods: Seque
         table.append([*cells, f"{row['seconds_per_epoch']:.1f}", str(row["runs"])])
     failures = [f"- {m} seed {s}: {r['error']}" for (m, s), r in results.items() if not r["ok"]]
     text = markdown_table(head, table) + "\n"
+    if grid.reference is not None:
+        text += paired_table(results, grid)
     if failures:
         text += "\nFailed runs (see error.txt in each run folder):\n" + "\n".join(failures) + "\n"
     atomic_write(out / "compare.md", lambda f: f.write(text.encode()))
-    _plot_curves(results, methods, out)
+    _plot_curves(results, grid)
 
 
-def _plot_curves(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str], out: Path) -> None:
+def paired_differences(results: dict[tuple[str, int], dict[str, Any]], grid: Grid, label: str) -> dict[str, float]:
+    """Test NLL of `label` minus the reference's, example by example (test_nll.csv), on each seed both finished:
+    d = mean_i (nll_label,i - nll_ref,i) per seed, then its mean and sd over seeds (`diff`, `diff_sd`), and
+    the paired standard error sd_i(nll_label,i - nll_ref,i) / sqrt(n), averaged over seeds (`se`)."""
+    ref = grid.reference
+    diffs, errors = [], []
+    for seed in grid.seeds:
+        if not (results.get((label, seed), {}).get("ok") and results.get((ref, seed), {}).get("ok")):
+            continue
+        a = RunFolder(grid.folder(label, seed)).read_test_nll()
+        b = RunFolder(grid.folder(ref, seed)).read_test_nll()  # type: ignore[arg-type]
+        if a is None or b is None or a.shape != b.shape:
+            continue  # a run from before test_nll.csv, or tested on other examples
+        d = a - b
+        diffs.append(float(d.mean()))
+        errors.append(float(d.std(ddof=1) / len(d) ** 0.5) if len(d) > 1 else 0.0)
+    if not diffs:
+        return {"pairs": 0}
+    mean, sd = _mean_sd(diffs)
+    return {"pairs": len(diffs), "diff": mean, "diff_sd": sd, "se": statistics.fmean(errors)}
+
+
+def paired_table(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> str:
+    """The Markdown section of paired test-NLL differences against the grid's reference method."""
+    rows = []
+    for label in grid.methods:
+        if label == grid.reference:
+            continue
+        p = paired_differences(results, grid, label)
+        if p["pairs"]:
+            rows.append([label, f"{p['diff']:+.3f} ± {p['diff_sd']:.3f}", f"{p['se']:.3f}", str(p["pairs"])])
+        else:
+            rows.append([label, "-", "-", "0"])
+    head = [f"method - {grid.reference}", "test NLL difference (mean ± sd over seeds)", "paired SE", "seeds"]
+    return (
+        f"\nPaired against {grid.reference}, example by example (test_nll.csv; below 0: better than "
+        f"{grid.reference}):\n\n" + markdown_table(head, rows) + "\n"
+    )
+
+
+def _plot_curves(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> None:
     from lagvae.plots import metric_curves_png
 
     curves: dict[str, list[list[dict[str, Any]]]] = {}
-    for label in methods:
+    for label in grid.methods:
         for (m, seed), r in results.items():
             if m == label and r["ok"]:
-                curves.setdefault(label, []).append(RunFolder(out / m / f"seed{seed}").read_metrics())
+                curves.setdefault(label, []).append(RunFolder(grid.folder(m, seed)).read_metrics())
     png = metric_curves_png(curves, ("mi", "mi_full", "au"))
-    atomic_write(out / "compare_curves.png", lambda f: f.write(png))
+    atomic_write(grid.out / "compare_curves.png", lambda f: f.write(png))

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import Tensor, nn
 
 from lagvae.objectives import gaussian_kl_per_dim, reparameterize
-
-Refiner = Callable[["VAE", Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class VAE(nn.Module):
@@ -18,18 +14,12 @@ class VAE(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        self.refine: Refiner | None = None
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(x)
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         return self.decoder.log_prob(x, z)
-
-    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The q(z|x) that metrics evaluate: the encoder's, or its refinement when `refine` is set (SA-VAE)."""
-        mu, logvar = self.encode(x)
-        return (mu, logvar) if self.refine is None else self.refine(self, x, mu, logvar)
 
     def loss_terms(self, x: Tensor, n_samples: int = 1) -> tuple[Tensor, Tensor]:
         """Reconstruction loss -E_q[log p(x|z)] (Monte Carlo) [B] and analytic KL per latent dimension [B, D]."""

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from lagvae.config import ConfigError, RunConfig
+from lagvae.inference import Posterior, Refined, amortized
 from lagvae.models import VAE
 from lagvae.objectives import free_bits_kl
 from lagvae.training.aggressive import AggressiveStrategy
-from lagvae.training.savae import SemiAmortizedStrategy
+from lagvae.training.savae import SemiAmortizedStrategy, svi_options
 from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES
 from lagvae.training.strategies import Batch, JointStrategy, plain_kl, sharded_free_bits
 from lagvae.training.world import SINGLE, World
@@ -100,3 +101,9 @@ def build_strategy(
             sharded_free_bits(world, t.free_bits) if world.distributed else partial(free_bits_kl, target=t.free_bits)
         )
     return STRATEGIES[t.strategy].from_config(t, model, enc, dec, kl_term, sample_batch, world)
+
+
+def build_posterior(config: RunConfig) -> Posterior:
+    """The q(z|x) a finished run's metrics and generation use, in one process: SA-VAE's refinement for its
+    runs, else the encoder's (a training run takes its strategy's `posterior`, which is the same)."""
+    return Refined(svi_options(config.train)) if config.train.strategy == "savae" else amortized

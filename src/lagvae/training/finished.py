@@ -9,20 +9,16 @@ from typing import Any
 import torch
 
 from lagvae.config import ConfigError, RunConfig, load_json
+from lagvae.data import build_data
 from lagvae.data.text import Vocab
 from lagvae.models import VAE, build_model
 from lagvae.training import checkpoint
-from lagvae.training.build import build_strategy
-from lagvae.training.loop import Trainer
-from lagvae.training.resume import TrainState
-from lagvae.training.run_folder import (
-    BEST,
-    CONFIG,
-    DATA_STATS,
-    VOCAB,
-    RunFolder,
-)
-from lagvae.training.runtime import resolve_device
+from lagvae.training.build import build_posterior
+from lagvae.training.evaluation import final_results, test_metrics
+from lagvae.training.provenance import check_same_data, data_fingerprints, environment
+from lagvae.training.run_folder import BEST, CONFIG, DATA_STATS, PROVENANCE, VOCAB, RunFolder
+from lagvae.training.runtime import resolve_device, setup_runtime
+from lagvae.training.world import SINGLE
 
 log = logging.getLogger("lagvae")
 
@@ -51,29 +47,37 @@ def _open_run(run_dir: Path | str) -> tuple[RunFolder, RunConfig]:
     return folder, load_json(folder.file(CONFIG))
 
 
-def evaluate_run(run_dir: Path | str, iw_samples: int | None = None) -> dict[str, Any]:
-    """Recompute final.json of a finished run from its best checkpoint."""
+def _best_model(folder: RunFolder, config: RunConfig, vocab: Vocab | None, device: torch.device) -> VAE:
+    model = build_model(config.model, len(vocab) if vocab is not None else 0).to(device)
+    model.load_state_dict(checkpoint.load(folder.file(BEST), device)["model"])
+    return model.eval()
+
+
+def evaluate_run(run_dir: Path | str, iw_samples: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Recompute final.json of a finished run from its best checkpoint, on the data it was trained on."""
     folder, config = _open_run(run_dir)
     if iw_samples is not None:
         config.eval.iw_samples = iw_samples
-    trainer = Trainer(config, run_dir, vocab=_saved_vocab(folder))
-    trainer.check_data()
+    device = setup_runtime(config)
+    vocab = _saved_vocab(folder)
+    splits = build_data(config.data, vocab)
+    fingerprints = data_fingerprints(splits)
+    check_same_data(folder.read_json(PROVENANCE), fingerprints, folder.path)
+    model = _best_model(folder, config, vocab, device)
+    metrics, index, nll = test_metrics(model, build_posterior(config), splits.test, config, SINGLE, device, progress)
     history = folder.read_metrics()
-    trainer.state = TrainState(
-        train_seconds=history[-1]["train_seconds"] if history else 0.0,
-        history=history,
-        best_epoch=int(checkpoint.load(folder.file(BEST))["epoch"]),
-    )
-    return trainer.test()
+    train_seconds = history[-1]["train_seconds"] if history else 0.0
+    best_epoch = int(checkpoint.load(folder.file(BEST))["epoch"])
+    provenance = {**environment(device), "data": fingerprints}
+    results = final_results(metrics, config, history, train_seconds, best_epoch, provenance)
+    folder.write_final(results, index, nll)
+    return results
 
 
 def load_trained(run_dir: Path | str, device: str = "auto") -> tuple[RunConfig, VAE, Vocab | None]:
-    """The best-validation model of a run folder, ready for generation (on the GPU when there is one)."""
+    """The best-validation model of a run folder, ready for generation (on the GPU when there is one).
+
+    SA-VAE runs encode through `build_posterior(config)`, the refined posterior their metrics used."""
     folder, config = _open_run(run_dir)
     vocab = _saved_vocab(folder)
-    target = resolve_device(device)
-    model = build_model(config.model, len(vocab) if vocab is not None else 0).to(target)
-    model.load_state_dict(checkpoint.load(folder.file(BEST), target)["model"])
-    if config.train.strategy == "savae":
-        build_strategy(config, model, sample_batch=lambda: torch.empty(0))  # sets the SVI refinement hook
-    return config, model.eval(), vocab
+    return config, _best_model(folder, config, vocab, resolve_device(device)), vocab

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import RunConfig
-from lagvae.data import Dataset, Splits, build_data, describe
+from lagvae.data import Splits, build_data, describe
 from lagvae.data.batches import ShardedBatches
 from lagvae.data.text import Vocab
 from lagvae.metrics import evaluate
@@ -29,6 +28,7 @@ from lagvae.training.aggressive import AggressiveStrategy
 from lagvae.training.alarm import alarm_message, collapse_alarm
 from lagvae.training.build import build_strategy, set_lr, validate
 from lagvae.training.epoch import NonFiniteLossError, train_epoch
+from lagvae.training.evaluation import eval_batches, final_results, test_metrics, with_progress
 from lagvae.training.lr_rule import PlateauHalving
 from lagvae.training.provenance import data_fingerprints
 from lagvae.training.resume import Checkpoints, TrainState
@@ -44,18 +44,11 @@ from lagvae.training.run_folder import (
 from lagvae.training.runtime import setup_runtime
 from lagvae.training.strategies import Batch, on_device
 from lagvae.training.tensorboard_log import TensorBoardLog
-from lagvae.training.world import World, check_shards, join, prepare_model
+from lagvae.training.world import check_shards, join, prepare_model
 
 log = logging.getLogger("lagvae")
 # Settings a resumed run may change; anything else must match the run folder's config.json.
-TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
-IW_RANK_STRIDE = 1_000_003  # rank r's IW stream under several processes: the test's seed + this * (r + 1)
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
-
-
-def _eval_batches(data: Dataset, config: RunConfig, world: World) -> ShardedBatches:
-    source = data.batches(config.eval.batch_size or config.train.batch_size, shuffle=False)
-    return ShardedBatches(source, world.rank, world.size)  # type: ignore[arg-type]
 
 
 class Trainer(Checkpoints):
@@ -112,16 +105,7 @@ class Trainer(Checkpoints):
         return PosteriorTracker(x, latent_grid(self.config.model.latent_dim, e.posterior_grid, e.posterior_range))
 
     def _progress(self, batches: ShardedBatches, desc: str) -> Iterable[Batch]:
-        """The batches on the device, behind a bar with an ETA (evaluation can take minutes)."""
-        return tqdm(
-            (on_device(self.device, b) for b in batches),
-            total=len(batches),
-            desc=desc,
-            disable=not self.progress,
-            position=self.bar_position,
-            leave=False,
-            dynamic_ncols=True,
-        )
+        return with_progress(batches, self.device, desc, self.progress, self.bar_position)
 
     # ---- training ----------------------------------------------------------------------------------------
     def _snapshot(self, epoch: int) -> None:
@@ -144,7 +128,7 @@ class Trainer(Checkpoints):
             self._write_run_files()
             if cfg.log.tensorboard:
                 self.tensorboard = TensorBoardLog(self.folder.path, st.step)
-        val_batches = _eval_batches(self.splits.val, cfg, self.world)
+        val_batches = eval_batches(self.splits.val, cfg, self.world)
         try:
             with _sigterm_sets(self):
                 self._epochs(val_batches)
@@ -186,7 +170,8 @@ class Trainer(Checkpoints):
             train = self._train_epoch(epoch)
             start = time.perf_counter()
             batches = self._progress(val_batches, f"validation after epoch {epoch}")
-            val = evaluate(self.model, batches, world=self.world, mi_full_max=cfg.eval.mi_full_max)
+            posterior = self.strategy.posterior
+            val = evaluate(self.model, batches, world=self.world, mi_full_max=cfg.eval.mi_full_max, posterior=posterior)
             if not np.isfinite(val["elbo"]):
                 raise NonFiniteLossError(
                     f"non-finite validation ELBO after epoch {epoch}; "
@@ -231,31 +216,14 @@ class Trainer(Checkpoints):
     def test(self) -> dict[str, Any]:
         """Reload the best-validation model and write final.json with IW-NLL (K = eval.iw_samples) on test."""
         self._load_best()
-        batches = _eval_batches(self.splits.test, self.config, self.world)
-        e = self.config.eval
-        # The test draws from its own seeded stream, so `eval` reproduces final.json whatever training drew.
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            seed = self.config.train.seed + TEST_SEED_OFFSET
-            torch.manual_seed(seed)
-            iw_generator = None  # one process: the IW samples continue the test's stream
-            if self.world.size > 1:  # each rank's IW samples: its own stream, reproducible per world size
-                iw_generator = torch.Generator(self.device).manual_seed(seed + IW_RANK_STRIDE * (1 + self.world.rank))
-            desc = f"test (IW, K = {e.iw_samples})"
-            progress = self._progress(batches, desc)
-            results = evaluate(
-                self.model, progress, e.iw_samples, e.max_memory_mb, self.world, iw_generator, e.mi_full_max
-            )
-        results.update(
-            method=self.config.train.method,
-            train_seconds=self.state.train_seconds,
-            epochs=len(self.state.history),
-            best_epoch=self.state.best_epoch,
-            iw_samples=e.iw_samples,
-            provenance=self._provenance(),
-        )
+        metrics, index, nll = test_metrics(
+            self.model, self.strategy.posterior, self.splits.test, self.config, self.world, self.device,
+            self.progress, self.bar_position,
+        )  # fmt: skip
+        st = self.state
+        results = final_results(metrics, self.config, st.history, st.train_seconds, st.best_epoch, self._provenance())
         if self.main:
-            self.folder.write_final(results)
+            self.folder.write_final(results, index, nll)
         return results
 
 

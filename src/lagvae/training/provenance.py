@@ -60,8 +60,10 @@ def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
     }
 
 
-def check_same_data(saved: dict[str, str], current: dict[str, str], where: Path) -> None:
-    """Refuse to resume or evaluate a run on data that differ from the data it was trained on."""
+def check_same_data(provenance: dict[str, Any] | None, current: dict[str, str], where: Path) -> None:
+    """Refuse to resume or evaluate a run on data that differ from the data it was trained on, as its
+    provenance.json hashed them (runs from before provenance.json are not checked)."""
+    saved = (provenance or {}).get("data", {})
     changed = [name for name, digest in saved.items() if current.get(name) != digest]
     if changed:
         raise ConfigError(

@@ -123,10 +123,8 @@ class Checkpoints:
         return {**environment(self.device, self.world.size), "data": self.fingerprints}
 
     def check_data(self) -> None:
-        """Refuse data that differ from the run's (runs from before provenance.json are not checked)."""
-        saved = self.folder.read_json(PROVENANCE)
-        if saved is not None and "data" in saved:
-            check_same_data(saved["data"], self.fingerprints, self.folder.path)
+        """Refuse data that differ from the run's."""
+        check_same_data(self.folder.read_json(PROVENANCE), self.fingerprints, self.folder.path)
 
     def _load_best(self) -> None:
         self.world.barrier()  # rank 0 has written best.pt

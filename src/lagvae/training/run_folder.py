@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lagvae.atomic import save_json_atomic
+import numpy as np
+
+from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import ConfigError, RunConfig, read_json, to_dict
 
 CONFIG, VOCAB, METRICS, FINAL = "config.json", "vocab.json", "metrics.jsonl", "final.json"
@@ -15,7 +17,10 @@ BEST, LAST = "best.pt", "last.pt"
 POSTERIOR_PNG, POSTERIOR_NPZ = "posterior_mean.png", "posterior_mean.npz"
 ERROR = "error.txt"  # written by `compare` when a cell fails
 PROVENANCE = "provenance.json"  # versions, device and data hashes at the run's start
-RUN_FILES = (CONFIG, VOCAB, METRICS, FINAL, DATA_STATS, BEST, LAST, POSTERIOR_PNG, POSTERIOR_NPZ, ERROR, PROVENANCE)
+TEST_NLL = "test_nll.csv"  # each test example's IW-NLL, for paired comparisons between runs
+RUN_FILES = (
+    CONFIG, VOCAB, METRICS, FINAL, DATA_STATS, BEST, LAST, POSTERIOR_PNG, POSTERIOR_NPZ, ERROR, PROVENANCE, TEST_NLL,
+)  # fmt: skip
 
 
 class RunFolder:
@@ -74,8 +79,27 @@ class RunFolder:
                     raise ConfigError(f"{path} line {number} is not JSON; the file is damaged") from None
         return records
 
-    def write_final(self, results: dict[str, Any]) -> None:
+    def write_final(
+        self, results: dict[str, Any], index: np.ndarray | None = None, nll: np.ndarray | None = None
+    ) -> None:
+        """final.json, after test_nll.csv when each test example's IW-NLL (`nll`, at its position `index` in the
+        test split) is given: final.json marks a finished run, so it is written last."""
+        if index is not None and nll is not None and len(nll):
+            self._write_test_nll(index, nll)
         save_json_atomic(results, self.file(FINAL))
+
+    def _write_test_nll(self, index: np.ndarray, nll: np.ndarray) -> None:
+        order = np.argsort(index, kind="stable")
+        lines = ["index,nll", *(f"{int(i)},{float(v):.6f}" for i, v in zip(index[order], nll[order], strict=True))]
+        atomic_write(self.file(TEST_NLL), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+    def read_test_nll(self) -> np.ndarray | None:
+        """Each test example's IW-NLL in index order (test_nll.csv), None when the run has not saved it."""
+        path = self.file(TEST_NLL)
+        if not path.exists():
+            return None
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        return table[:, 1]
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """A JSON run file as a dict, None when absent; a damaged one is a one-line error naming it."""

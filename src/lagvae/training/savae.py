@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -12,20 +11,34 @@ from torch import Tensor
 from lagvae import draws
 from lagvae.config import TrainConfig
 from lagvae.draws import Rows
-from lagvae.inference import svi_refine
+from lagvae.inference import Posterior, Refined, svi_refine
 from lagvae.models.vae import VAE
 from lagvae.training.strategies import Batch, JointStrategy, KLTerm, StepStats, _stats, plain_kl, shard_mean
 from lagvae.training.world import SINGLE, World
 
 
+def svi_options(t: TrainConfig) -> dict[str, Any]:
+    """svi_refine's keyword options for a run configured by `t` (its SVI steps, step size and clip)."""
+    return {
+        "steps": t.svi_steps,
+        # Kim et al. step on the batch-mean loss, so lr 1 there is lr 1/B on one example's ELBO. Taking lr 1
+        # per example (B times theirs) let the refined log-variance run off to overflow in 3 of 6 grid runs.
+        "lr": t.svi_lr / t.batch_size,
+        "momentum": t.svi_momentum,
+        "max_grad_norm": t.svi_max_grad_norm,
+        "clip": t.svi_clip,
+    }
+
+
 class SemiAmortizedStrategy(JointStrategy):
-    """SA-VAE (Kim et al. 2018): the encoder's (mu, logvar) start `svi_steps` SVI steps on each x's ELBO.
+    """SA-VAE (Kim et al. 2018): the encoder's (mu, logvar) start SVI steps on each x's ELBO (`svi`:
+    svi_refine's options).
 
     As Kim et al. by default: the SVI objective carries the current KL weight (`anneal`), the loss at the
     refined lambda_K is differentiated through the unrolled steps into the encoder and the decoder
     (`decoder_through`), and the SVI gradients are clipped per batch (`clip`). With decoder_through off,
     the decoder steps on the loss at lambda_K held fixed (lagvae's earlier choice). Metrics use the refined
-    posterior too (the model's `refine` hook, with KL weight 1).
+    posterior too, at KL weight 1 (`posterior`).
     """
 
     def __init__(
@@ -34,38 +47,26 @@ class SemiAmortizedStrategy(JointStrategy):
         enc_opt: torch.optim.Optimizer,
         dec_opt: torch.optim.Optimizer,
         clip_grad: float,
-        svi_steps: int = 20,
-        svi_lr: float = 1.0,
-        svi_momentum: float = 0.5,
+        svi: dict[str, Any] | None = None,
         kl_term: KLTerm = plain_kl,
         world: World = SINGLE,
-        svi_max_grad_norm: float = 5.0,
-        svi_clip: str = "batch",
         anneal: bool = True,
         decoder_through: bool = True,
     ) -> None:
         super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term, world)
-        self.svi: dict[str, Any] = {"steps": svi_steps, "lr": svi_lr, "momentum": svi_momentum}
-        self.svi |= {"max_grad_norm": svi_max_grad_norm, "clip": svi_clip}
+        self.svi: dict[str, Any] = dict(svi or {})
         if world.distributed:  # the batch clip's norm spans the global batch
             self.svi["reduce"] = world.all_reduce_
         self.anneal = anneal
         self.decoder_through = decoder_through
-        model.refine = partial(svi_refine, **self.svi)
+
+    @property
+    def posterior(self) -> Posterior:
+        return Refined(self.svi)
 
     @staticmethod
     def _options(t: TrainConfig, sample_batch: Callable[[], Batch]) -> dict[str, Any]:
-        # Kim et al. step on the batch-mean loss, so lr 1 there is lr 1/B on one example's ELBO. Taking lr 1
-        # per example (B times theirs) let the refined log-variance run off to overflow in 3 of 6 grid runs.
-        return {
-            "svi_steps": t.svi_steps,
-            "svi_lr": t.svi_lr / t.batch_size,
-            "svi_momentum": t.svi_momentum,
-            "svi_max_grad_norm": t.svi_max_grad_norm,
-            "svi_clip": t.svi_clip,
-            "anneal": t.svi_anneal,
-            "decoder_through": t.svi_decoder_through,
-        }
+        return {"svi": svi_options(t), "anneal": t.svi_anneal, "decoder_through": t.svi_decoder_through}
 
     def step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> StepStats:
         model = self.model

@@ -12,6 +12,7 @@ from torch import Tensor
 from lagvae import draws
 from lagvae.config import TrainConfig
 from lagvae.draws import Rows
+from lagvae.inference import Posterior, amortized
 from lagvae.models.vae import VAE
 from lagvae.objectives import elbo, free_bits_kl
 from lagvae.training.flat_grads import FlatGrads
@@ -151,6 +152,11 @@ class JointStrategy:
 
     def end_epoch(self, val: dict[str, float]) -> None:
         """Joint training has no epoch-level decision."""
+
+    @property
+    def posterior(self) -> Posterior:
+        """The q(z|x) this method's metrics evaluate."""
+        return amortized
 
     def optimizers(self) -> Iterable[torch.optim.Optimizer]:
         return (self.enc_opt, self.dec_opt)
