@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Issue 14: real-data grids run to the LR rule's stop or an epoch cap, 3 seeds, sized to the 2-core CPU budget
+# (docs/RESULTS.md gives the costs they were planned from). Each grid writes into docs/data/grids/<name>; the
+# small files of finished cells (config, metrics, final, per-example test NLL) are committed there (`keep`),
+# the checkpoints are not (the folder is git-ignored), so a grid spans sessions: a rerun keeps finished cells and trains the rest.
+# Usage: bash scripts/converge_real.sh STEP [STEP ...]   steps: ptb-plain ptb-aggressive ptb-savae report keep
+# (report tabulates what has finished; Yelp and OMNIGLOT steps follow once PTB has run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make -s .venv/bin/.installed
+L=${LAGVAE:-.venv/bin/lagvae}
+JOBS=${JOBS:-2}
+OUT=docs/data/grids
+# PTB: the full 10k vocabulary (built from the whole training file), the first 3,000 training sentences, the
+# first 1,000 validation and test sentences, K = 500, an epoch cap of 40.
+PTB=(ptb --size cpu --seeds 3 --epochs 40 --train-limit 3000 --set data.vocab_from=all --set data.eval_limit=1000
+  --set eval.iw_samples=500)
+for step in "$@"; do
+  case "$step" in
+    ptb-plain)  # the cells without an aggressive phase: about one session of the 2 cores
+      time $L compare "${PTB[@]}" --methods vae,vae-anneal,lm,cyclical,free-bits=0.5 --jobs "$JOBS" --out $OUT/ptb ;;
+    ptb-aggressive)
+      time $L compare "${PTB[@]}" --methods aggressive-anneal,aggressive --jobs "$JOBS" --out $OUT/ptb ;;
+    ptb-savae)  # one seed, a 10-epoch cap: an SA-VAE step costs ~23 joint steps (later flags win)
+      time $L compare "${PTB[@]}" --seeds 1 --epochs 10 --methods savae-anneal --jobs 1 --out $OUT/ptb-savae ;;
+    report)
+      $L compare "${PTB[@]}" --methods vae,vae-anneal,aggressive,aggressive-anneal,lm,cyclical,free-bits=0.5 \
+        --reference aggressive-anneal --out $OUT/ptb --report-only ;;
+    keep)  # stage finished cells' small files (the folder is git-ignored, so half-trained cells never are)
+      for final in $(find $OUT -name final.json); do
+        cell=$(dirname "$final")
+        for f in config.json metrics.jsonl final.json test_nll.csv provenance.json; do
+          [ -e "$cell/$f" ] && git add -f "$cell/$f"
+        done
+      done
+      git add -f $OUT/*/compare.md $OUT/*/compare.csv $OUT/*/compare_curves.png 2>/dev/null || true ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
