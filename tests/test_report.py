@@ -22,7 +22,8 @@ SETTINGS = ("eval.iw_samples=2", "eval.posterior_points=20", "eval.posterior_gri
 @pytest.fixture(scope="module")
 def grid_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("grid")
-    run_grid(Grid("synthetic", ("vae", "aggressive"), (0,), out, epochs=2, train_limit=64, overrides=SETTINGS))
+    grid = Grid("synthetic", ("vae", "aggressive"), (0,), out, 2, 64, overrides=SETTINGS, reference="aggressive")
+    run_grid(grid)
     return out
 
 
@@ -49,6 +50,8 @@ def test_a_compare_page_holds_the_table_and_curves_per_method(grid_folder):
     _self_contained(page)
     assert "<th>MI (full)</th>" in page and "<td>aggressive</td>" in page and "<td>vae</td>" in page
     assert page.count("<img") == 1 and "aggressive / seed0: 2 epochs" in page
+    # the paired comparison is a table of its own, after its heading
+    assert page.count("<table>") == 2 and "<th>method - aggressive</th>" in page and "Paired against" in page
 
 
 def test_report_on_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,18 @@ def _compare_page(folder: Path) -> tuple[str, str]:
 
 
 def _markdown_table(text: str) -> str:
-    """compare.md's pipe table as HTML (the lines after it, such as failed runs, as a paragraph)."""
-    rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line.startswith("|")]
-    rows = [[cell.strip() for cell in row] for row in rows if not set("".join(row)) <= set("-: ")]
-    rest = [line for line in text.splitlines() if line and not line.startswith("|")]
-    out = _table(rows[0], rows[1:]) if rows else ""
-    return out + (f"<pre>{html.escape(chr(10).join(rest))}</pre>" if rest else "")
+    """compare.md as HTML: each run of pipe-table lines a table, the other lines (the paired comparison's
+    heading, failed runs) as text between them."""
+    out = []
+    for is_table, group in itertools.groupby(text.splitlines(), key=lambda line: line.startswith("|")):
+        lines = list(group)
+        if is_table:
+            rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+            rows = [row for row in rows if not set("".join(row)) <= set("-: ")]
+            out.append(_table(rows[0], rows[1:]))
+        elif any(lines):
+            out.append(f"<pre>{html.escape(chr(10).join(line for line in lines if line))}</pre>")
+    return "".join(out)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
