@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -193,6 +194,8 @@ def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
     while not (cell / "config.json").exists():  # the worker is training
         assert time.monotonic() < deadline and parent.poll() is None
         time.sleep(0.1)
+    children = _children(parent.pid)  # the worker and multiprocessing's resource tracker
+    assert children
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 60
@@ -201,3 +204,27 @@ def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
         time.sleep(0.2)
     assert "stopped by SIGTERM" in (cell / "error.txt").read_text()
     assert (cell / "last.pt").exists()  # resumable
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in children):
+        assert time.monotonic() < deadline, "the orphaned worker stayed alive, idle, after its checkpoint"
+        time.sleep(0.2)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -66,9 +66,15 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_stop_with_parent, initargs=(os.getpid(),))
 
 
+_parent: int | None = None  # in a worker: the process that started it
+
+
 def _stop_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
     """A daemon thread: once `parent` is gone, SIGTERM this worker, so a run checkpoints at its next step
-    (the Trainer's SIGTERM handler) and stops; the grid then resumes it."""
+    (the Trainer's SIGTERM handler) and stops; the grid then resumes it. `_attempt` then ends the worker,
+    which would otherwise wait for tasks from no one."""
+    global _parent
+    _parent = parent
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -103,6 +109,9 @@ def _attempt(spec: RunSpec) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - every failure is reported per run
         atomic_write(spec.out / ERROR, lambda f: f.write(traceback.format_exc().encode()))
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    finally:
+        if _parent is not None and os.getppid() != _parent:  # orphaned: nobody reads the result
+            os._exit(1)
 
 
 @dataclass(frozen=True)
