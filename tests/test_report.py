@@ -50,6 +50,13 @@ def test_a_compare_page_holds_the_table_and_curves_per_method(grid_folder):
     _self_contained(page)
     assert "<th>MI (full)</th>" in page and "<td>aggressive</td>" in page and "<td>vae</td>" in page
     assert page.count("<img") == 1 and "aggressive / seed0: 2 epochs" in page
+    # how long aggressive mode lasted, from each run's metrics.jsonl
+    records = [json.loads(line) for line in (grid_folder / "aggressive" / "seed0" / "metrics.jsonl").open()]
+    table = (grid_folder / "compare.md").read_text().splitlines()
+    head = [cell.strip() for cell in table[0].strip("|").split("|")]
+    row = next(line for line in table if line.startswith("| aggressive |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[head.index("aggressive epochs")] == f"{sum(r['aggressive'] for r in records):.1f}"
     # the paired comparison is a table of its own, after its heading
     assert page.count("<table>") == 2 and "<th>method - aggressive</th>" in page and "Paired against" in page
 

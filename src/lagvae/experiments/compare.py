@@ -203,6 +203,10 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
             bar.update(1)
             left = len(todo) - (bar.n - bar.initial)
             bar.set_postfix(running=min(workers, left), left=left)
+    for (label, seed), result in results.items():
+        if result["ok"]:  # the paper reports how long aggressive mode lasted
+            history = RunFolder(grid.folder(label, seed)).read_metrics()
+            result["aggressive_epochs"] = sum(bool(r.get("aggressive")) for r in history)
     write_summary(results, grid)
     return results
 
@@ -212,13 +216,14 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per method: mean and sd over its successful seeds, time relative to `vae` when present."""
+    """One row per method: mean and sd over its successful seeds; training time (in all and per epoch)
+    relative to `vae`'s when the grid has it."""
     rows = []
     for label in methods:
         runs = [r for (m, _), r in results.items() if m == label and r["ok"]]
         row: dict[str, Any] = {"method": label, "runs": len(runs)}
         if runs:
-            for key in (*METRICS, "ppl", "train_seconds"):
+            for key in (*METRICS, "ppl", "train_seconds", "aggressive_epochs"):
                 if all(key in r for r in runs):
                     row[key], row[f"{key}_sd"] = _mean_sd([float(r[key]) for r in runs])
             row["seconds_per_epoch"] = statistics.fmean(r["train_seconds"] / max(r["epochs"], 1) for r in runs)
@@ -227,6 +232,7 @@ def summarise(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[
     for row in rows:
         if base and row["runs"]:
             row["time_rel"] = row["seconds_per_epoch"] / base["seconds_per_epoch"]
+            row["total_time_rel"] = row["train_seconds"] / base["train_seconds"]
     return rows
 
 
@@ -243,7 +249,7 @@ def write_summary(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) ->
     atomic_write(out / "compare.csv", lambda f: f.write(buffer.getvalue().encode()))
     has_ppl = any("ppl" in r for r in rows)
     head = ["method", "NLL", "KL", "MI", "MI (full)", "AU", *(["PPL"] if has_ppl else [])]
-    head += ["time/epoch vs vae", "s/epoch", "runs"]
+    head += ["aggressive epochs", "time vs vae", "time/epoch vs vae", "s/epoch", "runs"]
     table = []
     for row in rows:
         if not row["runs"]:
@@ -252,7 +258,8 @@ def write_summary(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) ->
         cells = [row["method"]]
         for key in (*METRICS, *(["ppl"] if has_ppl else [])):
             cells.append(f"{row[key]:.2f} ± {row[key + '_sd']:.2f}" if key in row else "-")
-        cells.append(f"{row['time_rel']:.2f}x" if "time_rel" in row else "-")
+        cells.append(f"{row['aggressive_epochs']:.1f}" if "aggressive_epochs" in row else "-")
+        cells += [f"{row[key]:.2f}x" if key in row else "-" for key in ("total_time_rel", "time_rel")]
         table.append([*cells, f"{row['seconds_per_epoch']:.1f}", str(row["runs"])])
     failures = [f"- {m} seed {s}: {r['error']}" for (m, s), r in results.items() if not r["ok"]]
     text = markdown_table(head, table) + "\n"
