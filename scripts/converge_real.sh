@@ -3,8 +3,8 @@
 # (docs/RESULTS.md gives the costs they were planned from). Each grid writes into docs/data/grids/<name>; the
 # small files of finished cells (config, metrics, final, per-example test NLL) are committed there (`keep`),
 # the checkpoints are not (the folder is git-ignored), so a grid spans sessions: a rerun keeps finished cells and trains the rest.
-# Usage: bash scripts/converge_real.sh STEP [STEP ...]   steps: ptb-plain ptb-aggressive ptb-savae report keep
-# (report tabulates what has finished; Yelp and OMNIGLOT steps follow once PTB has run)
+# Usage: bash scripts/converge_real.sh STEP [STEP ...]
+#   steps: ptb-plain ptb-aggressive ptb-savae yelp omniglot, then report (tables of what has finished), keep
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s .venv/bin/.installed
@@ -15,6 +15,12 @@ OUT=docs/data/grids
 # first 1,000 validation and test sentences, K = 500, an epoch cap of 40.
 PTB=(ptb --size cpu --seeds 3 --epochs 40 --train-limit 3000 --set data.vocab_from=all --set data.eval_limit=1000
   --set eval.iw_samples=500)
+# Yelp: the same model and budget with a 10k-word vocabulary from the whole training file.
+YELP=(yelp --size cpu --seeds 3 --epochs 40 --train-limit 3000 --set data.max_vocab=10000 --set data.vocab_from=all
+  --set data.eval_limit=1000 --set eval.iw_samples=500)
+# OMNIGLOT: omniglot-small on the first 2,000 training images (an aggressive epoch of the whole set would cost
+# ~35 min here, and the paper's patience rule keeps at least 5), 50 epochs, 1,000 test images at K = 500.
+OMNI=(omniglot-small --seeds 3 --epochs 50 --train-limit 2000 --set data.eval_limit=1000 --set eval.iw_samples=500)
 for step in "$@"; do
   case "$step" in
     ptb-plain)  # the cells without an aggressive phase: about one session of the 2 cores
@@ -23,9 +29,15 @@ for step in "$@"; do
       time $L compare "${PTB[@]}" --methods aggressive-anneal,aggressive --jobs "$JOBS" --out $OUT/ptb ;;
     ptb-savae)  # one seed, a 10-epoch cap: an SA-VAE step costs ~23 joint steps (later flags win)
       time $L compare "${PTB[@]}" --seeds 1 --epochs 10 --methods savae-anneal --jobs 1 --out $OUT/ptb-savae ;;
+    yelp)
+      time $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --jobs "$JOBS" --out $OUT/yelp ;;
+    omniglot)
+      time $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn --jobs "$JOBS" --out $OUT/omniglot ;;
     report)
       $L compare "${PTB[@]}" --methods vae,vae-anneal,aggressive,aggressive-anneal,lm,cyclical,free-bits=0.5 \
-        --reference aggressive-anneal --out $OUT/ptb --report-only ;;
+        --reference aggressive-anneal --out $OUT/ptb --report-only
+      $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --out $OUT/yelp --report-only
+      $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn --out $OUT/omniglot --report-only ;;
     keep)  # stage finished cells' small files (the folder is git-ignored, so half-trained cells never are)
       for final in $(find $OUT -name final.json); do
         cell=$(dirname "$final")
