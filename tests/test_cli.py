@@ -185,6 +185,7 @@ def test_demo_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| vae |" in out and "| aggressive |" in out and "posterior_mean.png" in out
     assert out.count("shown] ") == 3  # each predicted outcome is reported as shown or NOT shown
+    assert "| vae |" in (tmp_path / "compare.md").read_text().split("Paired against aggressive")[1]
     # a second `make demo` finds its finished runs and prints the same table instead of refusing the folders
     assert main(["demo", "--epochs", "1", "--iw-samples", "4", "--out", str(tmp_path), *tiny]) == 0
     again = capsys.readouterr().out
