@@ -31,6 +31,8 @@ def iw_log_likelihood(
 
     `q` is (mu, logvar) of q(z|x), the encoder's when not given."""
     mu, logvar = q if q is not None else model.encode(x)
+    if mu.shape[-1] == 0:  # no latent (lm, pixelcnn): every weight is p(x), so one sample is exact
+        k = 1
     if x.shape[0] > 1 and sample_bytes(model, x) > max_memory_mb * 2**20:
         half = x.shape[0] // 2  # even one sample of the whole batch does not fit: split the batch
         parts = [(x[:half], mu[:half], logvar[:half]), (x[half:], mu[half:], logvar[half:])]
