@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write
@@ -203,11 +204,10 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
             bar.update(1)
             left = len(todo) - (bar.n - bar.initial)
             bar.set_postfix(running=min(workers, left), left=left)
-    for (label, seed), result in results.items():
-        if result["ok"]:  # the paper reports how long aggressive mode lasted
-            history = RunFolder(grid.folder(label, seed)).read_metrics()
-            result["aggressive_epochs"] = sum(bool(r.get("aggressive")) for r in history)
-    write_summary(results, grid)
+    histories = {key: RunFolder(grid.folder(*key)).read_metrics() for key, r in results.items() if r["ok"]}
+    for key, history in histories.items():  # the paper reports how long aggressive mode lasted
+        results[key]["aggressive_epochs"] = sum(bool(r.get("aggressive")) for r in history)
+    write_summary(results, grid, histories)
     return results
 
 
@@ -236,7 +236,12 @@ def summarise(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[
     return rows
 
 
-def write_summary(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> None:
+def write_summary(
+    results: dict[tuple[str, int], dict[str, Any]],
+    grid: Grid,
+    histories: dict[tuple[str, int], list[dict[str, Any]]],
+) -> None:
+    """compare.csv, compare.md and compare_curves.png; `histories`: each finished cell's metrics.jsonl."""
     out = grid.out
     rows = summarise(results, grid.methods)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,20 +273,17 @@ def write_summary(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) ->
     if failures:
         text += "\nFailed runs (see error.txt in each run folder):\n" + "\n".join(failures) + "\n"
     atomic_write(out / "compare.md", lambda f: f.write(text.encode()))
-    _plot_curves(results, grid)
+    _plot_curves(histories, grid)
 
 
-def paired_differences(results: dict[tuple[str, int], dict[str, Any]], grid: Grid, label: str) -> dict[str, float]:
-    """Test NLL of `label` minus the reference's, example by example (test_nll.csv), on each seed both finished:
+def paired_differences(test_nll: dict[tuple[str, int], np.ndarray | None], grid: Grid, label: str) -> dict[str, float]:
+    """Test NLL of `label` minus the reference's, example by example (`test_nll`: each finished cell's
+    test_nll.csv), on each seed both finished:
     d = mean_i (nll_label,i - nll_ref,i) per seed, then its mean and sd over seeds (`diff`, `diff_sd`), and
     the paired standard error sd_i(nll_label,i - nll_ref,i) / sqrt(n), averaged over seeds (`se`)."""
-    ref = grid.reference
     diffs, errors = [], []
     for seed in grid.seeds:
-        if not (results.get((label, seed), {}).get("ok") and results.get((ref, seed), {}).get("ok")):
-            continue
-        a = RunFolder(grid.folder(label, seed)).read_test_nll()
-        b = RunFolder(grid.folder(ref, seed)).read_test_nll()  # type: ignore[arg-type]
+        a, b = test_nll.get((label, seed)), test_nll.get((grid.reference, seed))  # type: ignore[arg-type]
         if a is None or b is None or a.shape != b.shape:
             continue  # a run from before test_nll.csv, or tested on other examples
         d = a - b
@@ -295,11 +297,12 @@ def paired_differences(results: dict[tuple[str, int], dict[str, Any]], grid: Gri
 
 def paired_table(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> str:
     """The Markdown section of paired test-NLL differences against the grid's reference method."""
+    test_nll = {key: RunFolder(grid.folder(*key)).read_test_nll() for key, r in results.items() if r["ok"]}
     rows = []
     for label in grid.methods:
         if label == grid.reference:
             continue
-        p = paired_differences(results, grid, label)
+        p = paired_differences(test_nll, grid, label)
         if p["pairs"]:
             rows.append([label, f"{p['diff']:+.3f} ± {p['diff_sd']:.3f}", f"{p['se']:.3f}", str(p["pairs"])])
         else:
@@ -311,13 +314,13 @@ def paired_table(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> 
     )
 
 
-def _plot_curves(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> None:
+def _plot_curves(histories: dict[tuple[str, int], list[dict[str, Any]]], grid: Grid) -> None:
     from lagvae.plots import metric_curves_png
 
     curves: dict[str, list[list[dict[str, Any]]]] = {}
     for label in grid.methods:
-        for (m, seed), r in results.items():
-            if m == label and r["ok"]:
-                curves.setdefault(label, []).append(RunFolder(grid.folder(m, seed)).read_metrics())
+        for (m, _), history in histories.items():
+            if m == label:
+                curves.setdefault(label, []).append(history)
     png = metric_curves_png(curves, ("mi", "mi_full", "au"))
     atomic_write(grid.out / "compare_curves.png", lambda f: f.write(png))

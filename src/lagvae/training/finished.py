@@ -15,7 +15,7 @@ from lagvae.models import VAE, build_model
 from lagvae.training import checkpoint
 from lagvae.training.build import build_posterior
 from lagvae.training.evaluation import final_results, test_metrics
-from lagvae.training.provenance import check_same_data, data_fingerprints, environment
+from lagvae.training.provenance import check_same_data, data_fingerprints, run_provenance
 from lagvae.training.run_folder import BEST, CONFIG, DATA_STATS, PROVENANCE, VOCAB, RunFolder
 from lagvae.training.runtime import resolve_device, setup_runtime
 from lagvae.training.world import SINGLE
@@ -47,10 +47,12 @@ def _open_run(run_dir: Path | str) -> tuple[RunFolder, RunConfig]:
     return folder, load_json(folder.file(CONFIG))
 
 
-def _best_model(folder: RunFolder, config: RunConfig, vocab: Vocab | None, device: torch.device) -> VAE:
+def _best_model(folder: RunFolder, config: RunConfig, vocab: Vocab | None, device: torch.device) -> tuple[VAE, int]:
+    """best.pt's model (in eval mode) and the epoch it was saved after."""
+    saved = checkpoint.load(folder.file(BEST), device)
     model = build_model(config.model, len(vocab) if vocab is not None else 0).to(device)
-    model.load_state_dict(checkpoint.load(folder.file(BEST), device)["model"])
-    return model.eval()
+    model.load_state_dict(saved["model"])
+    return model.eval(), int(saved["epoch"])
 
 
 def evaluate_run(run_dir: Path | str, iw_samples: int | None = None, progress: bool = True) -> dict[str, Any]:
@@ -63,12 +65,11 @@ def evaluate_run(run_dir: Path | str, iw_samples: int | None = None, progress: b
     splits = build_data(config.data, vocab)
     fingerprints = data_fingerprints(splits)
     check_same_data(folder.read_json(PROVENANCE), fingerprints, folder.path)
-    model = _best_model(folder, config, vocab, device)
+    model, best_epoch = _best_model(folder, config, vocab, device)
     metrics, index, nll = test_metrics(model, build_posterior(config), splits.test, config, SINGLE, device, progress)
     history = folder.read_metrics()
     train_seconds = history[-1]["train_seconds"] if history else 0.0
-    best_epoch = int(checkpoint.load(folder.file(BEST))["epoch"])
-    provenance = {**environment(device), "data": fingerprints}
+    provenance = run_provenance(device, fingerprints)
     results = final_results(metrics, config, history, train_seconds, best_epoch, provenance)
     folder.write_final(results, index, nll)
     return results
@@ -80,4 +81,4 @@ def load_trained(run_dir: Path | str, device: str = "auto") -> tuple[RunConfig, 
     SA-VAE runs encode through `build_posterior(config)`, the refined posterior their metrics used."""
     folder, config = _open_run(run_dir)
     vocab = _saved_vocab(folder)
-    return config, _best_model(folder, config, vocab, resolve_device(device)), vocab
+    return config, _best_model(folder, config, vocab, resolve_device(device))[0], vocab

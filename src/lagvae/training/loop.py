@@ -18,7 +18,6 @@ from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import RunConfig
 from lagvae.data import Splits, build_data, describe
 from lagvae.data.batches import ShardedBatches
-from lagvae.data.text import Vocab
 from lagvae.metrics import evaluate
 from lagvae.models import build_model
 from lagvae.plots import plot_posterior_means
@@ -47,16 +46,13 @@ from lagvae.training.tensorboard_log import TensorBoardLog
 from lagvae.training.world import check_shards, join, prepare_model
 
 log = logging.getLogger("lagvae")
-# Settings a resumed run may change; anything else must match the run folder's config.json.
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
 
 
 class Trainer(Checkpoints):
     """One run in one folder. `fit()` trains (resuming from last.pt when asked); `test()` writes final.json."""
 
-    def __init__(
-        self, config: RunConfig, out_dir: Path | str, *, bar_position: int = 0, vocab: Vocab | None = None
-    ) -> None:
+    def __init__(self, config: RunConfig, out_dir: Path | str, *, bar_position: int = 0) -> None:
         """Under torchrun this process joins the run's process group (lagvae.training.world): every rank builds
         the same data, model and generators; rank 0 alone writes the folder and shows progress."""
         validate(config)
@@ -67,7 +63,7 @@ class Trainer(Checkpoints):
         self.progress = config.progress and self.main
         self.device = setup_runtime(config, device_name, self.world.local_size)
         torch.manual_seed(config.train.seed)
-        self.splits: Splits = build_data(config.data, vocab)
+        self.splits: Splits = build_data(config.data)
         check_shards(self.world.size, config, self.splits)
         if self.main:
             self.folder.create()  # only once the data loaded: a bad corpus leaves no empty folder behind

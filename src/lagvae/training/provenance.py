@@ -60,6 +60,11 @@ def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
     }
 
 
+def run_provenance(device: torch.device, fingerprints: dict[str, str], world_size: int = 1) -> dict[str, Any]:
+    """provenance.json (and final.json's `provenance`): what ran the run, and a hash of each split it used."""
+    return {**environment(device, world_size), "data": fingerprints}
+
+
 def check_same_data(provenance: dict[str, Any] | None, current: dict[str, str], where: Path) -> None:
     """Refuse to resume or evaluate a run on data that differ from the data it was trained on, as its
     provenance.json hashed them (runs from before provenance.json are not checked)."""

@@ -14,7 +14,7 @@ from lagvae.models import VAE
 from lagvae.posterior import PosteriorTracker
 from lagvae.training import checkpoint
 from lagvae.training.lr_rule import PlateauHalving
-from lagvae.training.provenance import check_same_data, environment
+from lagvae.training.provenance import check_same_data, run_provenance
 from lagvae.training.run_folder import (
     BEST,
     LAST,
@@ -120,7 +120,7 @@ class Checkpoints:
             self.tracker.encoder_means = list(saved["encoder_mean"][keep])
 
     def _provenance(self) -> dict[str, Any]:
-        return {**environment(self.device, self.world.size), "data": self.fingerprints}
+        return run_provenance(self.device, self.fingerprints, self.world.size)
 
     def check_data(self) -> None:
         """Refuse data that differ from the run's."""
