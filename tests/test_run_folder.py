@@ -228,3 +228,20 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def test_a_cell_that_finishes_on_a_rerun_drops_its_old_error(tmp_path, monkeypatch):
+    """error.txt beside a final.json would say a finished cell failed."""
+    from lagvae.experiments import compare
+
+    spec = compare.RunSpec("synthetic", "vae", "vae", 0, tmp_path, None, None, None, ())
+
+    def fail(spec: compare.RunSpec) -> dict:
+        raise RuntimeError("stopped by SIGTERM")
+
+    monkeypatch.setattr(compare, "_run_one", fail)
+    assert compare._attempt(spec) == {"ok": False, "error": "RuntimeError: stopped by SIGTERM"}
+    assert "stopped by SIGTERM" in (tmp_path / "error.txt").read_text()
+    monkeypatch.setattr(compare, "_run_one", lambda spec: {"nll": 1.0})
+    assert compare._attempt(spec) == {"ok": True, "nll": 1.0}
+    assert not (tmp_path / "error.txt").exists()

@@ -106,13 +106,15 @@ def _run_one(spec: RunSpec) -> dict[str, Any]:
 def _attempt(spec: RunSpec) -> dict[str, Any]:
     """Run one cell; a failure becomes a record instead of stopping the grid."""
     try:
-        return {"ok": True, **_run_one(spec)}
+        result = _run_one(spec)
     except Exception as err:  # noqa: BLE001 - every failure is reported per run
         atomic_write(spec.out / ERROR, lambda f: f.write(traceback.format_exc().encode()))
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
     finally:
         if _parent is not None and os.getppid() != _parent:  # orphaned: nobody reads the result
             os._exit(1)
+    (spec.out / ERROR).unlink(missing_ok=True)  # an earlier attempt's failure no longer describes this cell
+    return {"ok": True, **result}
 
 
 @dataclass(frozen=True)
