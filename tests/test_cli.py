@@ -143,6 +143,9 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys):
     for label in ("vae", "beta=0.5", "lm"):
         assert f"| {label} |" in table
     assert "1.00x" in table and "± " in table
+    each_run = table.split("Each run:")[1]  # one row per cell, traceable to its final.json
+    nll = json.loads((out / "lm" / "seed1" / "final.json").read_text())["nll"]
+    assert f"| lm | 1 | {nll:.2f} |" in each_run and each_run.count("\n| ") == 6 + 1  # header and 6 runs
     saved = json.loads((out / "beta=0.5" / "seed1" / "config.json").read_text())
     assert saved["train"]["beta"] == 0.5 and saved["model"]["dec_hidden"] == 128  # --size reaches every run
     assert (out / "compare.csv").read_text().count("\n") == 4 and (out / "compare_curves.png").exists()

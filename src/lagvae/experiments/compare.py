@@ -272,10 +272,28 @@ def write_summary(
     text = markdown_table(head, table) + "\n"
     if grid.reference is not None:
         text += paired_table(results, grid)
+    text += runs_table(results, grid, has_ppl)
     if failures:
         text += "\nFailed runs (see error.txt in each run folder):\n" + "\n".join(failures) + "\n"
     atomic_write(out / "compare.md", lambda f: f.write(text.encode()))
     _plot_curves(histories, grid)
+
+
+def runs_table(results: dict[tuple[str, int], dict[str, Any]], grid: Grid, has_ppl: bool) -> str:
+    """The Markdown section with one row per finished run, so a mean's spread can be traced to its seeds."""
+    head = ["method", "seed", "NLL", "KL", "MI (full)", "AU", *(["PPL"] if has_ppl else [])]
+    head += ["epochs", "best epoch", "aggressive epochs", "train s"]
+    rows = []
+    for label in grid.methods:
+        for seed in grid.seeds:
+            r = results.get((label, seed))
+            if r is None or not r["ok"]:
+                continue
+            cells = [label, str(seed), *(f"{r[k]:.2f}" if k in r else "-" for k in ("nll", "kl", "mi_full"))]
+            cells += [str(r.get("au", "-")), *([f"{r['ppl']:.1f}" if "ppl" in r else "-"] if has_ppl else [])]
+            cells += [str(r.get(k, "-")) for k in ("epochs", "best_epoch", "aggressive_epochs")]
+            rows.append([*cells, f"{r['train_seconds']:.0f}"])
+    return "\nEach run:\n\n" + markdown_table(head, rows) + "\n" if rows else ""
 
 
 def paired_differences(test_nll: dict[tuple[str, int], np.ndarray | None], grid: Grid, label: str) -> dict[str, float]:
