@@ -48,11 +48,15 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
     plt.close(fig)
 
 
-def metric_curves_png(curves: dict[str, list[list[dict]]], keys: tuple[str, ...]) -> bytes:
+CURVE_KEYS = ("elbo", "kl", "mi_full", "au")  # a grid's validation panels: fit, rate, I_q, active units
+
+
+def metric_curves_png(curves: dict[str, list[list[dict]]], keys: tuple[str, ...] = CURVE_KEYS) -> bytes:
     """One panel per metric key, one line per method (mean over its runs) against the epoch, as PNG bytes."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys) + 2.0, 3.4), squeeze=False)
     colours = plt.cm.tab20(np.linspace(0, 1, 20))  # 20 distinct colours: grids often exceed the default 10
     for ax, key in zip(axes[0], keys, strict=True):
+        shown = []
         for i, (label, runs) in enumerate(curves.items()):
             length = min((len(r) for r in runs), default=0)
             if length == 0:
@@ -60,6 +64,9 @@ def metric_curves_png(curves: dict[str, list[list[dict]]], keys: tuple[str, ...]
             values = np.array([[rec.get(key, np.nan) for rec in r[:length]] for r in runs], dtype=float).mean(0)
             epochs = [rec["epoch"] for rec in runs[0][:length]]
             ax.plot(epochs, values, marker=".", label=label, color=colours[i % 20], ls=("-", "--")[i // 20 % 2])
+            shown.extend(values[len(values) // 5 :])
+        if key == "elbo" and shown:  # the first epochs' ELBO is tens of nats lower and would flatten the end
+            ax.set_ylim(bottom=float(np.nanmin(shown)) - 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {key.upper()}")
     handles, labels = axes[0][0].get_legend_handles_labels()

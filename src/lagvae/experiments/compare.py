@@ -342,5 +342,5 @@ def _plot_curves(histories: dict[tuple[str, int], list[dict[str, Any]]], grid: G
         for (m, _), history in histories.items():
             if m == label:
                 curves.setdefault(label, []).append(history)
-    png = metric_curves_png(curves, ("mi", "mi_full", "au"))
+    png = metric_curves_png(curves)
     atomic_write(grid.out / "compare_curves.png", lambda f: f.write(png))

@@ -20,7 +20,6 @@ from lagvae.config import ConfigError
 from lagvae.training.run_folder import CONFIG, METRICS, POSTERIOR_PNG, RunFolder
 
 REPORT = "report.html"
-CURVE_KEYS = ("elbo", "kl", "mi_full", "au")  # a compare folder's panels, one line per method
 FINAL_KEYS = ("nll", "ppl", "elbo", "rec", "kl", "mi", "mi_full", "mi_full_n", "au", "epochs", "best_epoch")
 FINAL_KEYS += ("train_seconds", "iw_samples")
 
@@ -124,7 +123,7 @@ def _compare_page(folder: Path) -> tuple[str, str]:
         parts.append('<p class="muted">No compare.md: run <code>lagvae compare ... --report-only</code>.</p>')
     curves = {m: [RunFolder(p).read_metrics() for p in seeds] for m, seeds in runs.items()}
     parts.append("<h2>Validation curves (mean over seeds)</h2>")
-    parts.append(_img(metric_curves_png(curves, CURVE_KEYS), "validation curves per method"))
+    parts.append(_img(metric_curves_png(curves), "validation curves per method"))
     parts.append("<h2>Runs</h2><ul>")
     for method, seeds in runs.items():
         for seed in seeds:
