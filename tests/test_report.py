@@ -58,7 +58,8 @@ def test_a_compare_page_holds_the_table_and_curves_per_method(grid_folder):
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[head.index("aggressive epochs")] == f"{sum(r['aggressive'] for r in records):.1f}"
     # the paired comparison is a table of its own, after its heading
-    assert page.count("<table>") == 2 and "<th>method - aggressive</th>" in page and "Paired against" in page
+    assert page.count("<table>") == 3 and "<th>method - aggressive</th>" in page and "Paired against" in page
+    assert "Each run:" in page and "<th>best epoch</th>" in page
 
 
 def test_report_on_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
