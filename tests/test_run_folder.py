@@ -245,3 +245,28 @@ def test_a_cell_that_finishes_on_a_rerun_drops_its_old_error(tmp_path, monkeypat
     monkeypatch.setattr(compare, "_run_one", lambda spec: {"nll": 1.0})
     assert compare._attempt(spec) == {"ok": True, "nll": 1.0}
     assert not (tmp_path / "error.txt").exists()
+
+
+def test_a_folder_in_use_is_refused_by_train_eval_and_compare(tmp_path, capsys):
+    """Two live processes in one folder would mix two runs' files: the second one is refused at once."""
+    import os
+
+    from lagvae.training.run_folder import RunFolder
+
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    before = _snapshot(out)
+    with RunFolder(out).lock():  # a separate open file description: flock conflicts as with another process
+        capsys.readouterr()
+        for argv in (["train", "synthetic", "--out", str(out), *TINY, "--resume", "auto"], ["eval", str(out)]):
+            assert main(argv) == 2
+            (error,) = _errors(capsys.readouterr().err)
+            assert f"is in use by another lagvae process (pid {os.getpid()})" in error
+        cell = tmp_path / "grid" / "vae" / "seed0"
+        cell.mkdir(parents=True)
+        with RunFolder(cell).lock():
+            grid = Grid("synthetic", ("vae",), (0,), tmp_path / "grid", epochs=1, train_limit=48)
+            (result,) = run_grid(grid, jobs=1).values()
+        assert not result["ok"] and "in use" in result["error"] and list(cell.iterdir()) == [cell / ".lock"]
+    assert _snapshot(out) == before
+    assert _train(out, "--resume", "auto") == 0  # released with the process (here, the context) that held it

@@ -26,7 +26,7 @@ from lagvae.config import ConfigError
 from lagvae.experiments.presets import make_config
 from lagvae.experiments.report import markdown_table
 from lagvae.training.methods import METHODS
-from lagvae.training.run_folder import ERROR, FINAL, RunFolder
+from lagvae.training.run_folder import ERROR, FINAL, FolderInUseError, RunFolder
 
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
 PARAMETER = {"beta": "train.beta", "free-bits": "train.free_bits", "savae": "train.svi_steps"}
@@ -108,7 +108,8 @@ def _attempt(spec: RunSpec) -> dict[str, Any]:
     try:
         result = _run_one(spec)
     except Exception as err:  # noqa: BLE001 - every failure is reported per run
-        atomic_write(spec.out / ERROR, lambda f: f.write(traceback.format_exc().encode()))
+        if not isinstance(err, FolderInUseError):  # that folder is another live process's to write
+            atomic_write(spec.out / ERROR, lambda f: f.write(traceback.format_exc().encode()))
         return {"ok": False, "error": f"{type(err).__name__}: {err}"}
     finally:
         if _parent is not None and os.getppid() != _parent:  # orphaned: nobody reads the result

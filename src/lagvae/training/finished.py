@@ -58,6 +58,11 @@ def _best_model(folder: RunFolder, config: RunConfig, vocab: Vocab | None, devic
 def evaluate_run(run_dir: Path | str, iw_samples: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Recompute final.json of a finished run from its best checkpoint, on the data it was trained on."""
     folder, config = _open_run(run_dir)
+    with folder.lock():  # a run still training here would have its final.json written under it
+        return _evaluate(folder, config, iw_samples, progress)
+
+
+def _evaluate(folder: RunFolder, config: RunConfig, iw_samples: int | None, progress: bool) -> dict[str, Any]:
     if iw_samples is not None:
         config.eval.iw_samples = iw_samples
     device = setup_runtime(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from lagvae.training.run_folder import (
     LAST,
     RunFolder,
 )
-from lagvae.training.world import join
+from lagvae.training.world import World, join
 
 log = logging.getLogger("lagvae")
 
@@ -48,6 +49,13 @@ def train_and_evaluate(
         raise ConfigError(f"unknown resume mode {resume!r}; choose from {', '.join(RESUME_MODES)}")
     world, _ = join(config.device)
     folder = RunFolder(out_dir)
+    with folder.lock() if world.is_main else nullcontext():  # rank 0 writes the folder for every rank
+        return _train_and_evaluate(config, folder, world, mode, overwrite, bar_position)
+
+
+def _train_and_evaluate(
+    config: RunConfig, folder: RunFolder, world: World, mode: str, overwrite: bool, bar_position: int
+) -> dict[str, Any]:
     if overwrite and mode != "no":
         raise ConfigError("--overwrite starts a new run and --resume continues one; choose one")
     if mode == "auto":
@@ -66,7 +74,7 @@ def train_and_evaluate(
         world.barrier()  # every rank has read the folder before rank 0 clears it
         if world.is_main:
             folder.clear()
-    trainer = Trainer(config, out_dir, bar_position=bar_position)
+    trainer = Trainer(config, folder.path, bar_position=bar_position)
     if mode == "yes":
         trainer.resume()
     trainer.fit()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,11 @@ import numpy as np
 from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import ConfigError, RunConfig, read_json, to_dict
 
+
+class FolderInUseError(ConfigError):
+    """Another live process is training or testing in this run folder."""
+
+
 CONFIG, VOCAB, METRICS, FINAL = "config.json", "vocab.json", "metrics.jsonl", "final.json"
 DATA_STATS = "data_stats.json"
 BEST, LAST = "best.pt", "last.pt"
@@ -18,6 +27,7 @@ POSTERIOR_PNG, POSTERIOR_NPZ = "posterior_mean.png", "posterior_mean.npz"
 ERROR = "error.txt"  # written by `compare` when a cell fails
 PROVENANCE = "provenance.json"  # versions, device and data hashes at the run's start
 TEST_NLL = "test_nll.csv"  # each test example's IW-NLL, for paired comparisons between runs
+LOCK = ".lock"  # flock-ed by the one process writing the run; holds its pid for the refusal message
 RUN_FILES = (
     CONFIG, VOCAB, METRICS, FINAL, DATA_STATS, BEST, LAST, POSTERIOR_PNG, POSTERIOR_NPZ, ERROR, PROVENANCE, TEST_NLL,
 )  # fmt: skip
@@ -42,6 +52,38 @@ class RunFolder:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for this process: a second run or test into it fails at once instead of mixing
+        two runs' files. The OS drops the lock when the process dies, so a killed run never leaves it held."""
+        made = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = self.file(LOCK).open("a+")
+        except OSError as err:
+            raise ConfigError(f"cannot write to output folder {str(self.path)!r}: {err.strerror}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise FolderInUseError(
+                f"{self.path} is in use by another lagvae process (pid {owner}); wait for it to end or choose "
+                "another output folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            if made and [p.name for p in self.path.iterdir()] == [LOCK]:  # failed before writing: leave no folder
+                self.file(LOCK).unlink()
+                self.path.rmdir()
+            handle.close()
 
     def holds_run(self) -> bool:
         """A folder holds a run once it has a config.json or a checkpoint."""
