@@ -27,7 +27,7 @@ for step in "$@"; do
       time $L compare "${PTB[@]}" --methods vae,vae-anneal,lm,cyclical,free-bits=0.5 --jobs "$JOBS" --out $OUT/ptb ;;
     ptb-aggressive)
       time $L compare "${PTB[@]}" --methods aggressive-anneal,aggressive --jobs "$JOBS" --out $OUT/ptb ;;
-    ptb-savae)  # one seed, a 10-epoch cap: an SA-VAE step costs ~23 joint steps (later flags win)
+    ptb-savae)  # one seed, a 10-epoch cap (later flags win): an SA-VAE step measured ~90 joint steps (9 s), ~15 min an epoch
       time $L compare "${PTB[@]}" --seeds 1 --epochs 10 --methods savae-anneal --jobs 1 --out $OUT/ptb-savae ;;
     yelp)
       time $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --jobs "$JOBS" --out $OUT/yelp ;;

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,40 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie holds no lock
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its ranks at once, as a lost node; torchrun starts each rank in its own session,
+    so killing torchrun's process group alone would leave the ranks training on (and holding the folder)."""
+    ranks = _children(proc.pid)
+    assert len(ranks) == 2, ranks
+    for pid in (proc.pid, *ranks):
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in ranks):
+        assert time.monotonic() < deadline, "the killed ranks did not exit"
+        time.sleep(0.01)
+
+
 def test_two_process_group_killed_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, two_process_run):
     assert json.loads((two_process_run / "provenance.json").read_text())["world_size"] == 2
     out = tmp_path / "killed"
@@ -206,8 +241,7 @@ def test_two_process_group_killed_mid_epoch_resumes_to_the_uninterrupted_run(tmp
         _torchrun(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     _wait_for_checkpoint(proc, out, 1, 4)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once
-    proc.wait()
+    _kill_tree(proc)
     resumed = subprocess.run(_torchrun(out, "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert _outcome(out) == _outcome(two_process_run)
