@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -100,6 +101,16 @@ def test_a_plain_vae_on_the_synthetic_data_raises_the_alarm_within_three_epochs(
     assert any('"alarm": "collapse"' in r for r in records)
     announced = [line for line in lines if line.startswith("posterior collapse")]
     assert len(announced) == 1 and "--method aggressive" in announced[0]  # once, with the remedy
+
+
+def test_a_latent_free_model_raises_no_collapse_alarm(tmp_path):
+    from lagvae.training.run import train_and_evaluate
+
+    config = make_config("synthetic", "lm", epochs=3, train_limit=500)  # the vae above alarms at these settings
+    config.eval.posterior_points, config.progress = 0, False
+    train_and_evaluate(config, tmp_path / "lm")
+    records = [json.loads(line) for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r.get("alarm") is None for r in records)
 
 
 def test_alarm_off_and_a_missing_tensorboard_are_one_line(tmp_path, monkeypatch):

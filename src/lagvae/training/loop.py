@@ -148,7 +148,7 @@ class Trainer(Checkpoints):
     def _sound_alarm(self, record: dict[str, Any]) -> None:
         """Record the collapse alarm the validations raise (`alarm`), and announce it when it begins."""
         e = self.config.eval
-        if not e.alarm:
+        if not e.alarm or self.config.model.latent_dim == 0:  # lm and pixelcnn have no latent to collapse
             return
         kind = collapse_alarm([*self.state.history, record], e)
         record["alarm"] = kind
