@@ -24,6 +24,7 @@ from lagvae.data.batches import ShardedBatches, shard_bounds
 from lagvae.draws import Rows
 from lagvae.experiments.presets import make_config
 from tests.test_kill_resume import ARGS, _outcome, _wait_for_checkpoint
+from tests.test_run_folder import _children, _zombie
 
 TIMES = ("train_seconds", "seconds")
 # 90 training sentences in batches of 16 end in a batch of 10 (5 + 5 rows); 45 validation sentences in
@@ -200,26 +201,6 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited while we looked
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie holds no lock
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-
-
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL torchrun and its ranks at once, as a lost node; torchrun starts each rank in its own session,
     so killing torchrun's process group alone would leave the ranks training on (and holding the folder)."""
@@ -229,7 +210,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         os.kill(pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while not all(_gone(pid) for pid in ranks):
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in ranks):  # a zombie holds no lock
         assert time.monotonic() < deadline, "the killed ranks did not exit"
         time.sleep(0.01)
 
