@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from lagvae.data.batches import ShardedBatches, shard_bounds
 from lagvae.draws import Rows
 from lagvae.experiments.presets import make_config
 from tests.test_kill_resume import ARGS, _outcome, _wait_for_checkpoint
-from tests.test_run_folder import _children, _zombie
+from tests.test_run_folder import _children, _wait_exited
 
 TIMES = ("train_seconds", "seconds")
 # 90 training sentences in batches of 16 end in a batch of 10 (5 + 5 rows); 45 validation sentences in
@@ -209,10 +208,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     for pid in (proc.pid, *ranks):
         os.kill(pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in ranks):  # a zombie holds no lock
-        assert time.monotonic() < deadline, "the killed ranks did not exit"
-        time.sleep(0.01)
+    _wait_exited(ranks, "the killed ranks did not exit")
 
 
 def test_two_process_group_killed_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, two_process_run):

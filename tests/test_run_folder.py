@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,6 @@ def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     grid = ["compare", "synthetic", "--methods", "aggressive", "--seeds", "1", "--epochs", "20", "--jobs", "1"]
     grid += ["--train-limit", "640", "--out", str(tmp_path), "--set", "eval.posterior_points=0"]
@@ -204,10 +204,15 @@ def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
         time.sleep(0.2)
     assert "stopped by SIGTERM" in (cell / "error.txt").read_text()
     assert (cell / "last.pt").exists()  # resumable
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in children):
-        assert time.monotonic() < deadline, "the orphaned worker stayed alive, idle, after its checkpoint"
-        time.sleep(0.2)
+    _wait_exited(children, "the orphaned worker stayed alive, idle, after its checkpoint")
+
+
+def _wait_exited(pids: list[int], failure: str, seconds: float = 30) -> None:
+    """Poll until every pid has exited (a zombie counts: it holds no files or locks), else fail with `failure`."""
+    deadline = time.monotonic() + seconds
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in pids):
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
 
 
 def _children(pid: int) -> list[int]:
