@@ -15,7 +15,7 @@ from lagvae.config import ConfigError, EvalConfig
 from lagvae.experiments.presets import make_config
 from lagvae.metrics import evaluate, full_split_mi, mutual_information_full
 from lagvae.models.vae import VAE
-from lagvae.training.alarm import COLLAPSE, KL_WITHOUT_INFORMATION, collapse_alarm
+from lagvae.training.alarm import COLLAPSE, KL_WITHOUT_INFORMATION, alarm_message, collapse_alarm
 
 EXACT_MI = 2.5  # I(x; z) of x ~ N(0, 1), z | x ~ N(x, s^2) with 1 / s^2 = e^5 - 1
 
@@ -82,6 +82,16 @@ def test_alarm_needs_the_condition_on_consecutive_validations():
     e.alarm_epochs = 3
     assert collapse_alarm(collapsing, e) is None
     assert collapse_alarm([{"epoch": 0, "au": 0, "kl": 0.0}] * 3, e) is None  # runs without mi_full
+
+
+def test_the_alarm_suggests_aggressive_training_only_to_runs_without_it():
+    record = {"epoch": 1, "au": 23, "kl": 19.8, "mi_full": 1.4}
+    for kind in (COLLAPSE, KL_WITHOUT_INFORMATION):
+        assert "--method aggressive" in alarm_message(kind, record, 2, None)
+        for aggressive in (True, False):
+            message = alarm_message(kind, record, 2, aggressive)
+            assert "--method aggressive" not in message
+            assert ("still on" in message) is aggressive and ("has ended" in message) is not aggressive
 
 
 def test_a_plain_vae_on_the_synthetic_data_raises_the_alarm_within_three_epochs(tmp_path):

@@ -45,7 +45,14 @@ def alarm_message(kind: str, record: dict[str, Any], epochs: int, aggressive: bo
                 "or aggressive-anneal may help"
             )
         return f"posterior collapse after epoch {record['epoch']}: {seen} for {epochs} validations; {remedy}"
+    lower = "a lower KL target (free bits lambda, beta)"
+    if aggressive is None:
+        remedy = f"try --method aggressive, or {lower}"
+    elif aggressive:  # early in aggressive mode the encoder is still separating the codes (OMNIGLOT: KL 20 -> 2)
+        remedy = f"aggressive mode is still on and may yet separate them; if it persists, {lower}"
+    else:
+        remedy = f"aggressive mode has ended; {lower} may help"
     return (
         f"KL paid without information after epoch {record['epoch']}: {seen} for {epochs} validations, so codes "
-        "of different inputs overlap; try --method aggressive, or a lower KL target (free bits lambda, beta)"
+        f"of different inputs overlap; {remedy}"
     )
