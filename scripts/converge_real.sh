@@ -29,13 +29,13 @@ for step in "$@"; do
       time $L compare "${PTB[@]}" --methods aggressive-anneal,aggressive --jobs "$JOBS" --out $OUT/ptb ;;
     ptb-savae)  # one seed, a 3-epoch cap (later flags win): an SA-VAE step costs ~90 joint steps (9-27 s), 15-42 min an epoch,
       # so 3 epochs and the test fit one 3-hour session beside the OMNIGLOT grid (half-trained cells do not outlive one)
-      time $L compare "${PTB[@]}" --seeds 1 --epochs 3 --methods savae-anneal --jobs 1 --out $OUT/ptb-savae ;;
+      time $L compare "${PTB[@]}" --seeds 1 --epochs 3 --methods savae-anneal --jobs 1 --out $OUT/ptb ;;
     yelp)
       time $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --jobs "$JOBS" --out $OUT/yelp ;;
     omniglot)
       time $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn --jobs "$JOBS" --out $OUT/omniglot ;;
     report)
-      $L compare "${PTB[@]}" --methods vae,vae-anneal,aggressive,aggressive-anneal,lm,cyclical,free-bits=0.5 \
+      $L compare "${PTB[@]}" --methods vae,vae-anneal,aggressive,aggressive-anneal,lm,cyclical,free-bits=0.5,savae-anneal \
         --reference aggressive-anneal --out $OUT/ptb --report-only
       $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --out $OUT/yelp --report-only
       $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn --out $OUT/omniglot --report-only ;;
