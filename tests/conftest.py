@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import Future
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import Tensor, nn
 
 from lagvae.models.vae import VAE
@@ -74,6 +77,50 @@ def match_encoder_to_posterior(vae: VAE, dec: LinearGaussianDecoder, widen: floa
 
 # Tests use tiny models, for which one thread is several times faster than two (docs/BENCHMARKS.md).
 torch.set_num_threads(1)
+
+# Property tests must not flake on a loaded 2-core machine: no deadline, a fixed number of examples, and
+# under CI (`CI` set, as .ci/run does) the same examples every run.
+settings.register_profile("dev", deadline=None, max_examples=50)
+settings.register_profile("ci", settings.get_profile("dev"), derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A CLI run sets torch's thread count (--threads); the next test must not inherit it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+class InlinePool:
+    """`compare`'s worker pool, run in this process: a spawned worker imports torch anew (seconds a cell),
+    which tests of the grid's tables, resumption and failures do not need. The tests of what the spawned
+    workers themselves do (a killed compare) use the real pool."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn, *args):  # type: ignore[no-untyped-def]
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - the pool hands every failure to the caller
+            future.set_exception(err)
+        return future
+
+
+@pytest.fixture
+def inline_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lagvae.experiments import compare
+
+    monkeypatch.setattr(compare, "worker_pool", InlinePool)
 
 
 @pytest.fixture

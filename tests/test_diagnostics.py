@@ -94,6 +94,10 @@ def test_the_alarm_suggests_aggressive_training_only_to_runs_without_it():
             assert ("still on" in message) is aggressive and ("has ended" in message) is not aggressive
 
 
+# Generating the default 16,000 + 2,000 + 2,000 synthetic sentences takes seconds; these runs need 500.
+SMALL_SPLITS = ["data.n_train=500", "data.n_val=200", "data.n_test=16"]
+
+
 def test_a_plain_vae_on_the_synthetic_data_raises_the_alarm_within_three_epochs(tmp_path):
     from lagvae.training.run import train_and_evaluate
 
@@ -102,7 +106,7 @@ def test_a_plain_vae_on_the_synthetic_data_raises_the_alarm_within_three_epochs(
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
     logging.getLogger("lagvae").addHandler(handler)
     try:
-        config = make_config("synthetic", "vae", epochs=3, train_limit=500)
+        config = make_config("synthetic", "vae", epochs=3, train_limit=500, overrides=SMALL_SPLITS)
         config.eval.iw_samples, config.eval.posterior_points, config.progress = 2, 0, False
         train_and_evaluate(config, tmp_path / "vae")
     finally:
@@ -116,7 +120,7 @@ def test_a_plain_vae_on_the_synthetic_data_raises_the_alarm_within_three_epochs(
 def test_a_latent_free_model_raises_no_collapse_alarm(tmp_path):
     from lagvae.training.run import train_and_evaluate
 
-    config = make_config("synthetic", "lm", epochs=3, train_limit=500)  # the vae above alarms at these settings
+    config = make_config("synthetic", "lm", epochs=3, train_limit=500, overrides=SMALL_SPLITS)  # vae alarms here
     config.eval.posterior_points, config.progress = 0, False
     train_and_evaluate(config, tmp_path / "lm")
     records = [json.loads(line) for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
@@ -126,7 +130,7 @@ def test_a_latent_free_model_raises_no_collapse_alarm(tmp_path):
 def test_alarm_off_and_a_missing_tensorboard_are_one_line(tmp_path, monkeypatch):
     from lagvae.training.run import train_and_evaluate
 
-    config = make_config("synthetic", "vae", epochs=1, train_limit=64, overrides=["eval.alarm=false"])
+    config = make_config("synthetic", "vae", epochs=1, train_limit=64, overrides=["eval.alarm=false", *SMALL_SPLITS])
     config.eval.iw_samples, config.eval.posterior_points, config.progress = 2, 0, False
     config.log.tensorboard, config.log.every_steps = True, 2
     train_and_evaluate(config, tmp_path / "tb")

@@ -9,8 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # SIGKILL and SIGTERM of real processes: `make test-all`
+
+# A kill test waits at most this long for any process: a hung run fails the test instead of holding CI.
+WAIT = 120
 # 10 outer steps an epoch, aggressive mode on, last.pt written after every step (checkpoint_minutes tiny)
 ARGS = [
     "--method", "aggressive", "--epochs", "3", "--train-limit", "160", "--no-progress", "--threads", "1",
@@ -32,9 +37,24 @@ def _outcome(out: Path) -> tuple[list[dict], dict]:
     return [strip(r) for r in records], strip(final)
 
 
+def _finish(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` to its end (at most WAIT seconds) and fail the test on a non-zero exit."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    """The uninterrupted run both kill tests must reproduce, trained once."""
+    out = tmp_path_factory.mktemp("kill") / "uninterrupted"
+    _finish(_command(out))
+    return _outcome(out)
+
+
 def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, epoch: int, position: int) -> None:
     """Poll last.pt until it was written inside `epoch` at step `position` or later of that epoch."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run finished before the kill point"
         try:
@@ -48,34 +68,28 @@ def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, epoch: int, position
     raise AssertionError("no checkpoint at the kill point")
 
 
-def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_run(tmp_path):
-    reference = tmp_path / "uninterrupted"
-    assert subprocess.run(_command(reference), capture_output=True).returncode == 0
-    expected = _outcome(reference)
+def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_run(tmp_path, reference):
+    expected = reference
     assert expected[0][0]["aggressive"] and expected[0][1]["aggressive"]  # the kills land in aggressive mode
     for epoch, position in ((0, 2), (1, 4)):  # inside epoch 0, and mid-epoch in a later epoch
         out = tmp_path / f"killed-{epoch}"
         proc = subprocess.Popen(_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_checkpoint(proc, out, epoch, position)
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        resumed = subprocess.run(_command(out, "--resume"), capture_output=True, text=True)
-        assert resumed.returncode == 0, resumed.stderr
+        proc.wait(timeout=WAIT)
+        _finish(_command(out, "--resume"))
         assert _outcome(out) == expected
 
 
-def test_sigterm_checkpoints_at_the_next_step_and_stops_with_one_line(tmp_path):
-    reference = tmp_path / "uninterrupted"
-    assert subprocess.run(_command(reference), capture_output=True).returncode == 0
+def test_sigterm_checkpoints_at_the_next_step_and_stops_with_one_line(tmp_path, reference):
     out = tmp_path / "preempted"
     proc = subprocess.Popen(_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(proc, out, 1, 1)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=WAIT)
     errors = [line for line in err.splitlines() if "error" in line]  # the corpus summary precedes it
     assert proc.returncode == 2 and len(errors) == 1 and "stopped by SIGTERM" in errors[0], err
     assert "Traceback" not in err
     assert torch.load(out / "last.pt", weights_only=True)["partial_epoch"] is not None
-    resumed = subprocess.run(_command(out, "--resume", "auto"), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert _outcome(out) == _outcome(reference)
+    _finish(_command(out, "--resume", "auto"))
+    assert _outcome(out) == reference

@@ -17,13 +17,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from check_report import browser, check  # noqa: E402
 
 SETTINGS = ("eval.iw_samples=2", "eval.posterior_points=20", "eval.posterior_grid=1.0")
+SETTINGS += ("eval.snapshots_epoch0=1", "data.n_train=64", "data.n_val=32", "data.n_test=16")
 
 
 @pytest.fixture(scope="module")
 def grid_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lagvae.experiments import compare
+    from tests.conftest import InlinePool
+
     out = tmp_path_factory.mktemp("grid")
     grid = Grid("synthetic", ("vae", "aggressive"), (0,), out, 2, 64, overrides=SETTINGS, reference="aggressive")
-    run_grid(grid)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare, "worker_pool", InlinePool)
+        run_grid(grid)
     return out
 
 
@@ -68,6 +74,7 @@ def test_report_on_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "neither a run folder" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(browser() is None, reason="no chromium on PATH (apt-get install chromium)")
 def test_both_pages_render_in_headless_chromium_without_errors(grid_folder, tmp_path):
     for folder in (grid_folder / "aggressive" / "seed0", grid_folder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,20 @@ def _train(out, *extra: str, method: str = "vae") -> int:
     return main(["train", "synthetic", "--method", method, "--out", str(out), *TINY, *extra])
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished TINY run, trained once; each test that only needs a finished run works on a copy."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(out) == 0
+    return out
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the module's finished run."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
 def _errors(err: str) -> list[str]:
     """The error lines of stderr (the corpus summary may precede them)."""
     return [line for line in err.splitlines() if line.startswith("lagvae: error")]
@@ -26,9 +41,8 @@ def _snapshot(out) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-def test_a_finished_run_is_never_overwritten_without_a_word(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _train(out) == 0
+def test_a_finished_run_is_never_overwritten_without_a_word(run, capsys):
+    out = run
     before = _snapshot(out)
     capsys.readouterr()
     assert _train(out) == 2
@@ -37,9 +51,8 @@ def test_a_finished_run_is_never_overwritten_without_a_word(tmp_path, capsys):
     assert _snapshot(out) == before
 
 
-def test_a_different_run_is_refused_before_any_file_changes(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _train(out, "--seed", "3") == 0
+def test_a_different_run_is_refused_before_any_file_changes(run, capsys):
+    out = run
     before = _snapshot(out)
     capsys.readouterr()
     for how in (["--resume"], ["--resume", "auto"]):
@@ -48,9 +61,8 @@ def test_a_different_run_is_refused_before_any_file_changes(tmp_path, capsys):
         assert _snapshot(out) == before
 
 
-def test_overwrite_replaces_the_old_run(tmp_path):
-    out = tmp_path / "run"
-    assert _train(out, "--seed", "3") == 0
+def test_overwrite_replaces_the_old_run(run):
+    out = run
     (out / ".best.pt.abc123.tmp").write_bytes(b"orphan")
     assert _train(out, "--seed", "4", "--overwrite") == 0
     assert json.loads((out / "config.json").read_text())["train"]["seed"] == 4
@@ -74,9 +86,8 @@ def test_resume_auto_starts_a_new_run_and_continues_an_old_one(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["best.pt", "last.pt", "config.json"])
-def test_damaged_run_files_are_one_line_errors_naming_the_file(tmp_path, capsys, name):
-    out = tmp_path / "run"
-    assert _train(out) == 0
+def test_damaged_run_files_are_one_line_errors_naming_the_file(run, capsys, name):
+    out = run
     path = out / name
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     capsys.readouterr()
@@ -88,11 +99,10 @@ def test_damaged_run_files_are_one_line_errors_naming_the_file(tmp_path, capsys,
     assert code == 2 and len(_errors(err)) == 1 and name in _errors(err)[0] and "Traceback" not in err
 
 
-def test_a_checkpoint_refused_by_weights_only_is_a_one_line_error(tmp_path, capsys):
+def test_a_checkpoint_refused_by_weights_only_is_a_one_line_error(run, capsys):
     import torch
 
-    out = tmp_path / "run"
-    assert _train(out) == 0
+    out = run
     torch.save({"model": {}, "epoch": 0, "evil": object()}, out / "best.pt")
     capsys.readouterr()
     assert main(["eval", str(out), "--iw-samples", "2"]) == 2
@@ -107,7 +117,7 @@ def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_compare_resumes_a_half_trained_cell(tmp_path):
+def test_compare_resumes_a_half_trained_cell(tmp_path, inline_workers):
     grid = tmp_path / "grid"
     cell = grid / "vae" / "seed0"
     overrides = [value for flag, value in zip(TINY, TINY[1:], strict=False) if flag == "--set"]
@@ -122,9 +132,8 @@ def test_compare_resumes_a_half_trained_cell(tmp_path):
     assert [json.loads(line)["epoch"] for line in text.splitlines()] == [0, 1]
 
 
-def test_resume_and_eval_refuse_changed_data(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _train(out) == 0
+def test_resume_and_eval_refuse_changed_data(run, capsys):
+    out = run
     provenance = json.loads((out / "provenance.json").read_text())
     assert set(provenance["data"]) == {"train", "val", "test"} and provenance["world_size"] == 1
     provenance["data"]["test"] = "0" * 16  # as if the test file had been edited since
@@ -135,11 +144,10 @@ def test_resume_and_eval_refuse_changed_data(tmp_path, capsys):
     assert _train(out, "--resume", "--epochs", "3") == 2
 
 
-def test_config_schema_is_saved_and_old_files_load_as_version_0(tmp_path):
+def test_config_schema_is_saved_and_old_files_load_as_version_0(run):
     from lagvae.config import SCHEMA_VERSION, load_json
 
-    out = tmp_path / "run"
-    assert _train(out) == 0
+    out = run
     saved = json.loads((out / "config.json").read_text())
     assert saved["schema"] == SCHEMA_VERSION
     del saved["schema"]
@@ -178,6 +186,7 @@ def test_compare_plan_writes_one_resumable_train_line_per_unfinished_cell(tmp_pa
     assert "| vae |" in report and "| beta=0.5 |" in report and report.count(" 2 |") >= 2  # 2 runs each
 
 
+@pytest.mark.slow
 def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
     """SIGKILL the `compare` process: its worker must not train on as an orphan, but checkpoint and stop."""
     import signal
@@ -252,14 +261,13 @@ def test_a_cell_that_finishes_on_a_rerun_drops_its_old_error(tmp_path, monkeypat
     assert not (tmp_path / "error.txt").exists()
 
 
-def test_a_folder_in_use_is_refused_by_train_eval_and_compare(tmp_path, capsys):
+def test_a_folder_in_use_is_refused_by_train_eval_and_compare(run, tmp_path, capsys, inline_workers):
     """Two live processes in one folder would mix two runs' files: the second one is refused at once."""
     import os
 
     from lagvae.training.run_folder import RunFolder
 
-    out = tmp_path / "run"
-    assert _train(out) == 0
+    out = run
     before = _snapshot(out)
     with RunFolder(out).lock():  # a separate open file description: flock conflicts as with another process
         capsys.readouterr()

@@ -22,10 +22,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write
-from lagvae.config import ConfigError
+from lagvae.config import ConfigError, RunConfig, apply_override
 from lagvae.experiments.presets import make_config
 from lagvae.experiments.report import markdown_table
-from lagvae.training.methods import METHODS
+from lagvae.training.methods import METHODS, apply_method
 from lagvae.training.run_folder import ERROR, FINAL, FolderInUseError, RunFolder
 
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
@@ -49,7 +49,8 @@ class RunSpec:
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
-    """'beta=0.8' -> ('beta', ['train.beta=0.8']); 'vae' -> ('vae', [])."""
+    """'beta=0.8' -> ('beta', ['train.beta=0.8']); 'vae' -> ('vae', []). A parameter no run can use
+    ('beta=x', 'free-bits=-1') fails here, before any cell runs."""
     name, _, value = spec.partition("=")
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
@@ -57,7 +58,17 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
         return name, []
     if name not in PARAMETER:
         raise ConfigError(f"method {name!r} takes no parameter (only {', '.join(PARAMETER)} do)")
-    return name, [f"{PARAMETER[name]}={value}"]
+    from lagvae.training.build import validate
+
+    override = f"{PARAMETER[name]}={value}"
+    config = RunConfig()
+    try:
+        apply_method(config, name)
+        apply_override(config, override)
+        validate(config)
+    except ConfigError as err:
+        raise ConfigError(f"method {spec!r}: {err}") from None
+    return name, [override]
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:

@@ -55,6 +55,7 @@ def validate(config: RunConfig) -> None:
     non_negative |= {"train.agg_mi_patience": t.agg_mi_patience, "train.checkpoint_minutes": t.checkpoint_minutes}
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
     non_negative |= {"eval.mi_full_max": e.mi_full_max, "eval.alarm_epochs": e.alarm_epochs}
+    non_negative |= {"train.beta": t.beta, "train.free_bits": t.free_bits, "train.svi_steps": t.svi_steps}
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
