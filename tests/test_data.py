@@ -7,7 +7,7 @@ import torch
 from lagvae.config import DataConfig, ModelConfig
 from lagvae.data import build_data
 from lagvae.data.synthetic import generate_synthetic
-from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, TextBatches, TextSet, Vocab
+from lagvae.data.text import BOS_ID, EOS_ID, TextSet, Vocab
 from lagvae.models import build_model
 
 
@@ -54,17 +54,6 @@ def _mixed_lengths() -> TextSet:
     return TextSet.from_ids(
         [[BOS_ID, *torch.randint(4, 20, (n,), generator=gen).tolist(), EOS_ID] for n in (3, 7, 3, 5, 7, 2, 5, 9)]
     )
-
-
-def test_batches_group_similar_lengths_and_cover_every_sentence():
-    data = _mixed_lengths()
-    batches = TextBatches(data, 2, shuffle=True, generator=torch.Generator().manual_seed(1))
-    seen = []
-    for x in batches:
-        lengths = (x != PAD_ID).sum(1)
-        assert int(lengths.max()) == x.shape[1]  # trimmed to the longest member
-        seen += sorted(lengths.tolist())
-    assert sorted(seen) == sorted(data.lengths.tolist())
 
 
 def test_padding_never_counts_in_the_loss():

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lagvae import metrics
 from lagvae.config import ConfigError, EvalConfig
 from lagvae.experiments.presets import make_config
 from lagvae.metrics import evaluate, full_split_mi, mutual_information_full
@@ -48,14 +47,6 @@ def test_mi_full_of_a_collapsed_encoder_is_zero_and_never_exceeds_log_n():
     assert abs(float(collapsed)) < 1e-9
     separated = mutual_information_full(torch.randn(500, 3) * 10, torch.full((500, 3), -20.0))
     assert float(separated) == pytest.approx(math.log(500), abs=1e-3)
-
-
-def test_mi_full_does_not_depend_on_its_chunk_size(monkeypatch):
-    mu, logvar = torch.randn(300, 5), torch.randn(300, 5) * 0.3
-    whole = mutual_information_full(mu, logvar, torch.Generator().manual_seed(1))
-    monkeypatch.setattr(metrics, "MI_CHUNK_VALUES", 7 * 300)  # 7 rows a chunk
-    chunked = mutual_information_full(mu, logvar, torch.Generator().manual_seed(1))
-    assert float(chunked) == pytest.approx(float(whole), rel=1e-12)
 
 
 def test_mi_full_subsamples_large_splits_with_a_fixed_seed():

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from lagvae import draws
 from lagvae.config import ConfigError
 from lagvae.data import build_data
-from lagvae.data.batches import ShardedBatches, shard_bounds
+from lagvae.data.batches import shard_bounds
 from lagvae.draws import Rows
 from lagvae.experiments.presets import make_config
 from tests.test_kill_resume import ARGS, WAIT, _outcome, _wait_for_checkpoint
@@ -43,43 +43,6 @@ def test_rand_like_fills_in_memory_order_as_torch_does():
         expected = torch.rand_like(x)
         torch.manual_seed(0)
         assert torch.equal(draws.rand_like(x), expected)
-
-
-def test_sharded_draws_are_the_global_draws_rows():
-    like = torch.empty(0)
-    torch.manual_seed(3)
-    whole_n, whole_u = draws.randn((7, 2, 3), like), draws.rand_like(torch.empty(7, 4, 5).transpose(1, 2))
-    bounds = shard_bounds(7, 3)
-    parts_n, parts_u = [], []
-    for r in range(3):
-        rows = Rows(bounds[r], bounds[r + 1], 7)
-        torch.manual_seed(3)
-        with draws.sharded(rows):
-            parts_n.append(draws.randn((rows.count, 2, 3), like))
-            parts_u.append(draws.rand_like(torch.empty(rows.count, 4, 5).transpose(1, 2)))
-    assert torch.equal(torch.cat(parts_n), whole_n) and torch.equal(torch.cat(parts_u), whole_u)
-    with draws.sharded(Rows(0, 3, 7)), pytest.raises(RuntimeError, match="sharded draw"):
-        draws.randn((4, 1), like)
-
-
-def test_shards_partition_every_global_batch_and_keep_its_length():
-    splits = build_data(make_config("synthetic", "vae", train_limit=90).data)
-    for n in (1, 5, 16, 17):
-        for size in (1, 2, 3):
-            assert [b - a for a, b in itertools.pairwise(shard_bounds(n, size))] == [
-                len(t) for t in torch.tensor_split(torch.arange(n), size)
-            ]
-    streams = []
-    for rank in range(3):
-        source = splits.train.batches(16, shuffle=True, generator=torch.Generator().manual_seed(5))
-        streams.append(list(ShardedBatches(source, rank, 3)) + [ShardedBatches(source, rank, 3).sample()])
-    whole_source = splits.train.batches(16, shuffle=True, generator=torch.Generator().manual_seed(5))
-    whole = list(whole_source) + [whole_source.sample()]
-    for i, batch in enumerate(whole):
-        shards = [stream[i] for stream in streams]
-        assert all(x.shape[1] == batch.shape[1] for x, _ in shards)  # the global batch's trimmed length
-        assert torch.equal(torch.cat([x for x, _ in shards]), batch)
-        assert [rows.lo for _, rows in shards] == shard_bounds(len(batch), 3)[:3]
 
 
 def test_process_counts_the_batches_cannot_share_are_refused():

@@ -77,7 +77,9 @@ def rand_like(x: Tensor) -> Tensor:
 def _memory_order(x: Tensor) -> list[int]:
     """x's dimensions from outermost to innermost in memory when x is dense (as torch.*_like keeps it), else
     the logical order (torch.*_like then allocates contiguously)."""
-    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    # A size-1 dimension's stride ties with the dimension just outside it (a 1-row shard of a time-major LSTM
+    # output has batch and time strides equal): sort it inside, where the global batch's rows lie in memory.
+    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), x.shape[d] == 1))
     expected = 1
     for d in reversed(order):
         if x.shape[d] == 1:
