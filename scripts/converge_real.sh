@@ -5,6 +5,8 @@
 # the checkpoints are not (the folder is git-ignored), so a grid spans sessions: a rerun keeps finished cells and trains the rest.
 # Usage: bash scripts/converge_real.sh STEP [STEP ...]
 #   steps: ptb-plain ptb-aggressive ptb-savae yelp omniglot, then report (tables of what has finished), keep
+# `report` trains nothing (--report-only): it rebuilds each grid's compare.md, .csv, .json and _curves.png from the
+# committed cells, so a change to the tables (docs/DESIGN.md, "Verdicts") is one `bash scripts/converge_real.sh report`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s .venv/bin/.installed
@@ -46,7 +48,7 @@ for step in "$@"; do
           [ -e "$cell/$f" ] && git add -f "$cell/$f"
         done
       done
-      git add -f $OUT/*/compare.md $OUT/*/compare.csv $OUT/*/compare_curves.png 2>/dev/null || true ;;
+      git add -f $OUT/*/compare.md $OUT/*/compare.csv $OUT/*/compare.json $OUT/*/compare_curves.png 2>/dev/null || true ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

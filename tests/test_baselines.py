@@ -12,7 +12,7 @@ from lagvae.metrics import evaluate, iw_log_likelihood
 from lagvae.models import build_model
 from lagvae.objectives import free_bits_kl, gaussian_kl, gaussian_kl_per_dim
 from lagvae.training.build import build_posterior
-from lagvae.training.savae import SemiAmortizedStrategy
+from lagvae.training.savae import SemiAmortizedStrategy, svi_options
 from lagvae.training.schedules import cyclical, kl_weight
 from lagvae.training.strategies import JointStrategy
 from tests.conftest import linear_gaussian_vae
@@ -74,6 +74,11 @@ def test_free_bits_gradient_vanishes_below_target():
     assert torch.all(mu.grad[:, 1] != 0)
 
 
+# SVI with the clip out of reach (max_grad_norm 1e6), for the finite-difference checks: its factor is
+# deliberately not differentiated, so finite differences would see it
+UNCLIPPED = {"momentum": 0.5, "max_grad_norm": 1e6, "clip": "batch"}
+
+
 def _analytic_elbo(vae, dec, x, mu, logvar, samples=20_000):
     torch.manual_seed(0)
     eps = torch.randn(x.shape[0], samples, mu.shape[-1], dtype=x.dtype)
@@ -87,7 +92,8 @@ def test_savae_refinement_raises_the_elbo():
     x = torch.randn(32, 3)
     with torch.no_grad():
         mu0, logvar0 = vae.encode(x)
-    mu, logvar = svi_refine(vae, x, mu0, logvar0, steps=30, lr=0.05, momentum=0.5)
+    # lr is Kim's, on the batch mean: 0.05 per example on this batch of 32
+    mu, logvar = svi_refine(vae, x, mu0, logvar0, steps=30, lr=0.05 * 32, momentum=0.5, max_grad_norm=5.0, clip="batch")
     before = _analytic_elbo(vae, dec, x, mu0, logvar0)
     after = _analytic_elbo(vae, dec, x, mu, logvar)
     # one-sample SVI gradients are noisy, so the guarantee is on average, not for every x
@@ -99,18 +105,19 @@ def test_svi_steps_are_bounded_and_use_kims_batch_mean_learning_rate():
     vae, _ = linear_gaussian_vae(seed=5)
     x = 1e4 * torch.randn(8, 3)  # gradients of order 1e4-1e8: unclipped, one step would fly off
     mu0, logvar0 = torch.zeros(8, 2), torch.zeros(8, 2)
-    mu, logvar = svi_refine(vae, x, mu0, logvar0, 6, 0.1, 0.5, max_grad_norm=2.0, clip="example")
-    bound = 0.1 * 2.0 * 6 / (1 - 0.5)
+    mu, logvar = svi_refine(vae, x, mu0, logvar0, steps=6, lr=0.1 * 8, momentum=0.5, max_grad_norm=2.0, clip="example")
+    bound = 0.1 * 2.0 * 6 / (1 - 0.5)  # (lr / B) * max_grad_norm * steps / (1 - momentum)
     assert 0.5 * bound < float((mu - mu0).abs().max()) <= bound and float((logvar - logvar0).abs().max()) <= bound
     # Kim's clip: mu's and logvar's batch-mean gradients, each as a whole, have norm <= max_grad_norm, so
-    # with lr = lr_kim / B neither tensor moves further than lr_kim * max_grad_norm * steps / (1 - momentum)
-    mu, logvar = svi_refine(vae, x, mu0, logvar0, 6, 1.0 / 8, 0.5, max_grad_norm=2.0, clip="batch")
+    # with lr / B per example neither tensor moves further than lr * max_grad_norm * steps / (1 - momentum)
+    mu, logvar = svi_refine(vae, x, mu0, logvar0, steps=6, lr=1.0, momentum=0.5, max_grad_norm=2.0, clip="batch")
     bound = 1.0 * 2.0 * 6 / (1 - 0.5)
     assert 0.5 * bound < float((mu - mu0).norm()) <= bound and float((logvar - logvar0).norm()) <= bound
     train = TrainConfig(strategy="savae", batch_size=32, svi_lr=1.0, svi_steps=7)
     options = SemiAmortizedStrategy._options(train, lambda: (x, None))
     svi = options["svi"]
-    assert svi["steps"] == 7 and svi["lr"] == 1 / 32 and svi["clip"] == "example" and svi["max_grad_norm"] == 5.0
+    assert svi == svi_options(train)
+    assert svi["steps"] == 7 and svi["lr"] == 1.0 and svi["clip"] == "example" and svi["max_grad_norm"] == 5.0
     assert options["anneal"] and options["decoder_through"]
     assert build_posterior(RunConfig(train=train)) == Refined(svi)  # what a finished run's metrics use
 
@@ -125,8 +132,8 @@ def test_savae_gradient_reaches_the_encoder_through_the_svi_steps():
 
     def refined_elbo(mu0: torch.Tensor) -> torch.Tensor:
         logvar0 = torch.full_like(mu0, -1.0)
-        # clipping off: its factor is deliberately not differentiated, so finite differences would see it
-        mu, logvar = svi_refine(vae, x, mu0, logvar0, 5, 0.05, 0.5, 1e6, create_graph=True, noise=noise)
+        # 0.05 per example on this batch of 2
+        mu, logvar = svi_refine(vae, x, mu0, logvar0, **UNCLIPPED, steps=5, lr=0.1, create_graph=True, noise=noise)
         z = (mu + (0.5 * logvar).exp() * final_eps).unsqueeze(1)
         return (vae.log_prob(x, z).squeeze(1) - gaussian_kl(mu, logvar)).sum()
 
@@ -159,7 +166,7 @@ def test_savae_decoder_gradient_flows_through_the_svi_steps_as_kims_does():
     mu0, logvar0 = (t.detach().clone() for t in vae.encode(x))  # this encoder's logvar is a parameter view
 
     def refined_elbo(through: bool) -> torch.Tensor:
-        mu, logvar = svi_refine(vae, x, mu0, logvar0, 4, 0.05, 0.5, 1e6, create_graph=True, noise=noise)
+        mu, logvar = svi_refine(vae, x, mu0, logvar0, **UNCLIPPED, steps=4, lr=0.15, create_graph=True, noise=noise)
         if not through:
             mu, logvar = mu.detach(), logvar.detach()
         z = (mu + (0.5 * logvar).exp() * final_eps).unsqueeze(1)
@@ -198,13 +205,14 @@ def test_savae_svi_objective_carries_the_annealed_kl_weight(monkeypatch):
     for anneal in (True, False):
         model = build_model(ModelConfig(8, 8, 8, 2, 0.0, 0.0), vocab_size=12)
         opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (model.encoder, model.decoder)]
-        SemiAmortizedStrategy(model, *opts, 5.0, {"steps": 2}, anneal=anneal).step(x, 0.3)
+        SemiAmortizedStrategy(model, *opts, 5.0, svi_options(TrainConfig(svi_steps=2)), anneal=anneal).step(x, 0.3)
     assert seen == [0.3, 1.0]
     mu0, logvar0 = torch.zeros(4, 2), torch.zeros(4, 2)
     torch.manual_seed(1)
-    weak = svi_refine(model, x, mu0, logvar0, 3, 0.5, 0.5, kl_weight=0.1)[0]
+    svi = svi_options(TrainConfig(svi_steps=3, svi_lr=2.0))
+    weak = svi_refine(model, x, mu0, logvar0, **svi, kl_weight=0.1)[0]
     torch.manual_seed(1)
-    assert not torch.allclose(weak, svi_refine(model, x, mu0, logvar0, 3, 0.5, 0.5, kl_weight=1.0)[0])
+    assert not torch.allclose(weak, svi_refine(model, x, mu0, logvar0, **svi, kl_weight=1.0)[0])
 
 
 def test_savae_strategy_steps_both_networks_and_metrics_use_the_refined_posterior():
@@ -212,7 +220,7 @@ def test_savae_strategy_steps_both_networks_and_metrics_use_the_refined_posterio
     model = build_model(ModelConfig(8, 8, 8, 2, 0.0, 0.0), vocab_size=12)
     enc = torch.optim.SGD(model.encoder.parameters(), lr=0.5)
     dec = torch.optim.SGD(model.decoder.parameters(), lr=0.5)
-    strategy = SemiAmortizedStrategy(model, enc, dec, 5.0, {"steps": 3})
+    strategy = SemiAmortizedStrategy(model, enc, dec, 5.0, svi_options(TrainConfig(svi_steps=3)))
     x = torch.randint(4, 12, (4, 6))
     before = [p.detach().clone() for p in model.parameters()]
     stats = strategy.step(x, 1.0)

@@ -158,7 +158,7 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys, i
     table = (out / "compare.md").read_text()
     for label in ("vae", "beta=0.5", "lm"):
         assert f"| {label} |" in table
-    assert "1.00x" in table and "± " in table
+    assert "time vs vae" in table and "1.00x" in table and "± " in table and "± -" not in table  # 2 seeds each
     each_run = table.split("Each run:")[1]  # one row per cell, traceable to its final.json
     nll = json.loads((out / "lm" / "seed1" / "final.json").read_text())["nll"]
     assert f"| lm | 1 | {nll:.2f} |" in each_run and each_run.count("\n| ") == 6 + 1  # header and 6 runs
@@ -180,7 +180,7 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys, i
     assert not (out / "cyclical").exists() and "| cyclical | -" in (out / "compare.md").read_text()
     # paired differences: each test example's NLL (test_nll.csv) against the reference's, seed by seed
     assert main([*grid, *tiny, "--report-only", "--reference", "vae"]) == 0
-    per_seed = []
+    per_seed, within = [], []
     for seed in (0, 1):
         nll = {
             m: np.loadtxt(out / m / f"seed{seed}" / "test_nll.csv", delimiter=",", skiprows=1) for m in ("vae", "lm")
@@ -188,14 +188,17 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys, i
         assert nll["lm"][:, 0].tolist() == list(range(16))  # every test example once, in split order
         final = json.loads((out / "lm" / f"seed{seed}" / "final.json").read_text())
         assert nll["lm"][:, 1].mean() == pytest.approx(final["nll"], abs=1e-4)
-        per_seed.append((nll["lm"][:, 1] - nll["vae"][:, 1]).mean())
-    row = next(
-        line
-        for line in (out / "compare.md").read_text().splitlines()
-        if line.startswith("| lm |") and "±" in line and line.count("|") == 5
-    )
-    mean, sd = np.mean(per_seed), np.std(per_seed, ddof=1)
-    assert row.split("|")[2].strip() == f"{mean:+.3f} ± {sd:.3f}" and row.split("|")[4].strip() == "2"
+        d = nll["lm"][:, 1] - nll["vae"][:, 1]
+        per_seed.append(d.mean())
+        within.append(d.std(ddof=1) / np.sqrt(len(d)))
+    paired = (out / "compare.md").read_text().split("Paired against vae")[1].split("Each run:")[0]
+    row = [cell.strip() for cell in next(line for line in paired.splitlines() if line.startswith("| lm |")).split("|")]
+    # the mean over seeds, the seed-level 95% t interval (1 degree of freedom), the within-seed SE, the verdict
+    from scipy.stats import t as t_dist
+
+    mean, half = np.mean(per_seed), t_dist.ppf(0.975, 1) * np.std(per_seed, ddof=1) / np.sqrt(2)
+    assert row[2:5] == [f"{mean:+.3f}", f"[{mean - half:+.3f}, {mean + half:+.3f}]", f"{np.mean(within):.3f}"]
+    assert row[5:7] == ["2", "tie" if mean - half <= 0 <= mean + half else ("worse" if mean > 0 else "better")]
 
 
 def test_demo_prints_the_table(tmp_path, capsys, inline_workers):
@@ -204,7 +207,10 @@ def test_demo_prints_the_table(tmp_path, capsys, inline_workers):
     out = capsys.readouterr().out
     assert "| vae |" in out and "| aggressive |" in out and "posterior_mean.png" in out
     assert out.count("shown] ") == 3  # each predicted outcome is reported as shown or NOT shown
-    assert "| vae |" in (tmp_path / "compare.md").read_text().split("Paired against aggressive")[1]
+    summary, paired = (tmp_path / "compare.md").read_text().split("Paired against aggressive")
+    # one seed: no spread to show ("-", not "± 0.00"), the count, and no verdict
+    assert "± -" in summary and "± 0.00" not in summary and "| 1 |" in summary
+    assert "| 1 | one seed, no verdict |" in next(line for line in paired.splitlines() if line.startswith("| vae |"))
     # a second `make demo` finds its finished runs and prints the same table instead of refusing the folders
     assert main(["demo", "--epochs", "1", "--iw-samples", "4", "--out", str(tmp_path), *tiny]) == 0
     again = capsys.readouterr().out

@@ -61,6 +61,25 @@ def test_saved_vocabulary_is_reused(tmp_path):
     assert again.vocab.itos == first.vocab.itos
 
 
+def test_read_lines_gives_each_line_without_its_ending_and_names_the_bad_file(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_bytes("caf\u00e9 au lait\r\n\n  \n1\tlast line\n".encode())
+    # CRLF and LF both end a line, empty and blank lines are kept (split_documents counts them), no phantom last line
+    assert read_lines(path) == ["caf\u00e9 au lait", "", "  ", "1\tlast line"]
+    path.write_text("a\nb", encoding="utf-8")
+    assert read_lines(path) == ["a", "b"]  # an unterminated last line is still a line
+    path.write_text("", encoding="utf-8")
+    assert read_lines(path) == []
+    path.write_bytes(b"ok\ncaf\xe9 au lait\n")
+    with pytest.raises(ConfigError) as err:
+        read_lines(path)
+    message = str(err.value)
+    assert message.startswith(f"{path} is not UTF-8") and "(byte 6)" in message and "\n" not in message
+    with pytest.raises(ConfigError) as err:
+        read_lines(tmp_path / "absent.txt")
+    assert str(err.value) == f"corpus file not found: {tmp_path / 'absent.txt'}"  # the path, on one line
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -82,7 +101,6 @@ def test_text_preset_without_paths_says_what_to_set():
         build_data(DataConfig(name="text"))
     with pytest.raises(ConfigError, match="every document"):
         encode_corpus({"train": ["a b c"], "valid": ["a"], "test": ["a"]}, DataConfig(max_len=1, overflow="drop"))
-    assert read_lines  # imported for the error tests above
     assert CorpusStats().empty_lines == {}
 
 
@@ -95,6 +113,7 @@ def test_ptb_preset_has_mikolovs_split():
     assert sum(splits.stats["unknown_tokens"].values()) == 0
 
 
+@pytest.mark.slow  # reads all of ../shared/data/yelp_sentences, twice: ~3.5 s
 def test_yelp_preset_split_is_deterministic():
     root = default_data_root()
     if root is None or not (root / "yelp_sentences").is_dir():
@@ -110,9 +129,10 @@ def test_train_sample_reconstruct_interpolate_on_a_user_corpus(tmp_path, capsys)
     out = tmp_path / "run"
     args = ["train", "text", "--method", "aggressive", "--out", str(out), "--epochs", "2", "--no-progress"]
     args += ["--size", "synthetic", "--set", f"data.path={folder}", "--set", "train.batch_size=2"]
-    args += ["--set", "eval.iw_samples=4"]
+    args += ["--set", "eval.iw_samples=4", "--set", "eval.posterior_points=0"]
     assert main(args) == 0
     assert json.loads((out / "data_stats.json").read_text())["empty_lines"]["train"] == 2
+    final = json.loads((out / "final.json").read_text())
     (tmp_path / "in.txt").write_text("the cat sat\n\ncat and dog\n")
     capsys.readouterr()
     assert main(["reconstruct", str(out), "--input", str(tmp_path / "in.txt"), "--max-len", "6"]) == 0
@@ -122,7 +142,10 @@ def test_train_sample_reconstruct_interpolate_on_a_user_corpus(tmp_path, capsys)
     assert capsys.readouterr().out.count("\n") == 3  # a barely trained model may well say nothing
     assert main(["interpolate", str(out), "the cat sat", "a dog ran", "--steps", "4", "--decode", "sample"]) == 0
     assert capsys.readouterr().out.count("\n") == 4
-    assert main(["eval", str(out), "--iw-samples", "4"]) == 0
+    assert main(["eval", str(out), "--iw-samples", "4", "--no-progress"]) == 0
+    again = json.loads((out / "final.json").read_text())
+    for key in ("nll", "elbo", "kl", "mi", "au", "ppl", "n", "iw_samples"):  # eval reproduces the run's test
+        assert again[key] == pytest.approx(final[key], rel=1e-6, abs=1e-9), key
 
 
 @pytest.mark.parametrize("vocab_from", ["used", "all"])
@@ -140,6 +163,7 @@ def test_vocabulary_and_counts_come_from_the_training_part_in_use(tmp_path, voca
 def test_the_corpus_summary_is_printed_at_start_and_quiet_prints_nothing(tmp_path, capsys):
     corpus = _corpus(tmp_path)
     common = ["--epochs", "1", "--threads", "1", "--set", f"data.path={corpus}", "--set", "eval.iw_samples=2"]
+    common += ["--set", "eval.posterior_points=0"]
     assert main(["train", "text", "--size", "cpu", "--out", str(tmp_path / "a"), "--no-progress", *common]) == 0
     err = capsys.readouterr().err
     assert "vocabulary: " in err and "train: 4 documents" in err and "% of " in err and "empty lines skipped" in err
@@ -153,6 +177,7 @@ def test_generation_caps_at_the_longest_training_document_and_says_what_it_cut(t
     out = tmp_path / "run"
     args = ["train", "text", "--out", str(out), "--epochs", "1", "--quiet", "--size", "synthetic"]
     args += ["--set", f"data.path={folder}", "--set", "train.batch_size=2", "--set", "eval.iw_samples=2"]
+    args += ["--set", "eval.posterior_points=0"]
     assert main(args) == 0
     assert json.loads((out / "data_stats.json").read_text())["longest"]["train"] == 8  # "the dog ran on and on ..."
     (tmp_path / "in.txt").write_text("zebra quagga\nthe cat\n")
@@ -167,6 +192,7 @@ def test_generation_caps_at_the_longest_training_document_and_says_what_it_cut(t
     assert (f"{cut} of 2 outputs reached the length cap 8" in captured.err) == (cut > 0)
 
 
+@pytest.mark.slow  # a whole --size cpu run over a 40k-type corpus: ~45 s
 def test_a_realistic_corpus_fits_in_memory_by_default(tmp_path):
     """500 documents of 200 tokens over 40k word types at --size cpu: the 20k default cap and the IW memory
     budget keep a whole run (train and test) under 3 GB of peak RSS."""

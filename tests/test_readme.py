@@ -15,9 +15,14 @@ def test_readme_opens_with_the_two_make_commands_ci_uses():
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
     assert commands == ["make demo", "make test"]
     makefile = (ROOT / "Makefile").read_text()
-    for target in ("demo", "test"):
+    for target in ("demo", "test", "test-all", "setup"):
         assert re.search(rf"^{target}:", makefile, re.M), target
-    assert "\nmake test\n" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "\nmake test\n" in ci and "\nmake test-all\n" in ci  # CI runs both tiers
+    # the tiers split on the `slow` marker, registered so a typo in it is an error, not a silent skip
+    assert '-m "not slow"' in makefile and "-m slow" in makefile
+    assert "--strict-markers" in (ROOT / "pyproject.toml").read_text()
+    assert "make test-all" in readme
     # the demo target runs the library's demo command, which the CLI tests exercise
     assert "lagvae demo" in makefile
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,21 +53,33 @@ def test_a_run_page_holds_curves_posterior_figure_final_table_alarms_and_config(
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0 and (tmp_path / "r.html").exists()
 
 
-def test_a_compare_page_holds_the_table_and_curves_per_method(grid_folder):
+def test_a_compare_page_holds_the_table_and_curves_per_method(grid_folder, tmp_path):
     page = write_report(grid_folder).read_text()
     _self_contained(page)
-    assert "<th>MI (full)</th>" in page and "<td>aggressive</td>" in page and "<td>vae</td>" in page
+    assert "<th>I_q (mi_full)</th>" in page and "<th>I_q (minibatch, paper&#x27;s)</th>" in page
+    assert "<td>aggressive</td>" in page and "<td>vae</td>" in page and "<th>time vs vae</th>" in page
     assert page.count("<img") == 1 and "aggressive / seed0: 2 epochs" in page
     # how long aggressive mode lasted, from each run's metrics.jsonl
     records = [json.loads(line) for line in (grid_folder / "aggressive" / "seed0" / "metrics.jsonl").open()]
     table = (grid_folder / "compare.md").read_text().splitlines()
-    head = [cell.strip() for cell in table[0].strip("|").split("|")]
+    header = next(line for line in table if line.startswith("| method |"))
+    head = [cell.strip() for cell in header.strip("|").split("|")]
     row = next(line for line in table if line.startswith("| aggressive |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[head.index("aggressive epochs")] == f"{sum(r['aggressive'] for r in records):.1f}"
-    # the paired comparison is a table of its own, after its heading
+    # the page's cells are compare.md's: each Markdown row is an HTML row
+    for line in (raw for raw in table if raw.startswith("| ") and not raw.startswith("| method")):
+        tds = "".join(f"<td>{html.escape(cell.strip())}</td>" for cell in line.strip().strip("|").split("|"))
+        assert f"<tr>{tds}</tr>" in page
+    # the paired comparison is a table of its own, after its heading; one seed gives no verdict
     assert page.count("<table>") == 3 and "<th>method - aggressive</th>" in page and "Paired against" in page
+    assert "<td>one seed, no verdict</td>" in page and "<th>95% interval (t, over seeds)</th>" in page
     assert "Each run:" in page and "<th>best epoch</th>" in page
+    # built from the cells (the row model), not read back from compare.md
+    copy = shutil.copytree(grid_folder, tmp_path / "grid")
+    (copy / "compare.md").write_text("| method |\n|---|\n| nonsense |\n")
+    again = write_report(copy).read_text()
+    assert "nonsense" not in again and again.count("<table>") == 3 and "<td>one seed, no verdict</td>" in again
 
 
 def test_report_on_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):

@@ -28,9 +28,11 @@ def test_inner_loop_stops_when_window_loss_rises():
 
 
 def test_inner_loop_keeps_going_on_equal_loss_and_compares_whole_windows():
-    # a single high step inside a window does not stop it; only the window mean counts
-    losses = [5, 5, 5, 9, 1, 1, 3, 3, 3, 4, 4, 4]  # means 5, 3.67, 3, 4
-    assert run_stopper(losses, window=3, max_steps=100) == 12
+    # a window whose mean equals the previous one's does not stop the loop (only a rise does), and a single high
+    # step inside a window does not stop it either: only the window mean counts
+    losses = [5, 5, 5, 9, 1, 2, 4, 4, 4, 3, 3, 3, 4, 4, 4]  # means 5, 4, 4 (equal: go on), 3, 4 (rise: stop)
+    assert run_stopper(losses, window=3, max_steps=100) == 15
+    assert run_stopper([2.0] * 40, window=4, max_steps=30) == 30  # a flat loss runs to the cap
 
 
 def test_inner_loop_stops_at_the_cap():
@@ -178,12 +180,12 @@ def test_progress_refreshes_by_the_clock_not_by_step_count(tmp_path, monkeypatch
     trainer = _progress_trainer(tmp_path, "vae")
     trainer.clock = lambda: 0.0  # time stands still: one refresh, at the end of the epoch (4 steps)
     _RecordingBar.shown = []
-    trainer._train_epoch(0)
+    trainer.train_epoch(0)
     assert len(_RecordingBar.shown) == 1
     ticks = iter(range(0, 10_000, 3))  # 3 s pass between any two looks at the clock: every step refreshes
     trainer.clock = lambda: float(next(ticks))
     _RecordingBar.shown = []
-    trainer._train_epoch(1)
+    trainer.train_epoch(1)
     assert len(_RecordingBar.shown) == 4
 
 
@@ -195,7 +197,7 @@ def test_progress_shows_inner_steps_as_they_happen(tmp_path, monkeypatch):
     ticks = iter(range(0, 100_000, 3))
     trainer.clock = lambda: float(next(ticks))
     _RecordingBar.shown = []
-    trainer._train_epoch(0)
+    trainer.train_epoch(0)
     live = [p["inner"] for p in _RecordingBar.shown if p["inner"].endswith("now")]
     assert live[:3] == ["1 now", "2 now", "3 now"]  # the first outer step's encoder-only steps, one by one
 

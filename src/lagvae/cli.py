@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lagvae.config import LagvaeError, RunConfig
+from lagvae.config import RunConfig
+from lagvae.errors import LagvaeError
 from lagvae.experiments.presets import PRESETS, SIZES, make_config
 from lagvae.training.methods import METHODS
 
@@ -182,12 +183,10 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from lagvae.experiments.compare import Grid, plan_commands, run_grid
+    from lagvae.experiments.compare import Grid, choose_reference, plan_commands, run_grid
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    reference = args.reference or next((m for m in ("aggressive-anneal", "aggressive") if m in methods), None)
-    if reference is not None and reference not in methods:
-        raise LagvaeError(f"--reference {reference} is not one of --methods ({', '.join(methods)})")
+    reference = choose_reference(methods, args.reference)
     grid = Grid(
         args.preset,
         methods,
@@ -224,13 +223,12 @@ def _generate(args: argparse.Namespace) -> None:
     if vocab is None:
         _generate_images(args, config, model, saved_image_shape(args.run), posterior)
         return
-    from lagvae.generate import Decoding, decode_sentences, interpolate_sentences, reconstruct_sentences
+    from lagvae.generate import Decoding, interpolate_sentences, reconstruct_sentences, sample_sentences
 
     max_len = args.max_len or saved_longest_document(args.run) or 50
     how = Decoding(args.decode, args.beam, args.temperature, max_len)
     if args.command == "sample":
-        z = torch.randn(args.n, config.model.latent_dim, device=next(model.parameters()).device)
-        out = decode_sentences(model, vocab, z, how)
+        out = sample_sentences(model, vocab, args.n, config.model.latent_dim, how)
     elif args.command == "reconstruct":
         from lagvae.data.corpus import read_lines
 
@@ -254,15 +252,25 @@ def _generate_images(
     args: argparse.Namespace, config: RunConfig, model: VAE, shape: tuple[int, int] | None, posterior: Posterior
 ) -> None:
     """sample / reconstruct for an image run: a PNG grid (PixelCNN sampling takes H*W decoder passes)."""
-    from lagvae.generate import image_panel
+    from lagvae.generate import reconstruction_panel, sample_image_panel
     from lagvae.plots import save_image_grid
 
     if args.out is None:
         raise LagvaeError(f"{args.command} on an image run writes a PNG grid: give --out FILE.png")
-    images, cols = image_panel(
-        args.command, args.run, config, model, shape, n=getattr(args, "n", 0), input_path=getattr(args, "input", None),
-        sample_z=getattr(args, "sample_z", False), seed=args.seed, progress=not args.no_progress, posterior=posterior,
-    )  # fmt: skip
+    if shape is None:
+        raise LagvaeError(f"{args.run} has neither vocab.json nor an image shape in data_stats.json")
+    if args.command == "interpolate":
+        raise LagvaeError("interpolate works on text runs; for images use sample or reconstruct")
+    progress = not args.no_progress
+    if args.command == "sample":
+        images, cols = sample_image_panel(
+            model, config.model.latent_dim, shape, n=args.n, seed=args.seed, progress=progress
+        )
+    else:
+        images, cols = reconstruction_panel(
+            model, config, shape, n=args.n, input_path=args.input, sample_z=args.sample_z, seed=args.seed,
+            progress=progress, posterior=posterior,
+        )  # fmt: skip
     save_image_grid(images, args.out, cols)
     print(f"wrote {args.out}")
 
@@ -332,12 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except LagvaeError as err:
-        where = ""
+        where = ""  # a failing rank's reason already went to the others (RunContext.held)
         if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1":
-            from lagvae.training.world import current
-
-            world = current()
-            world.report_failure(str(err))
             where = f" (rank {rank} of {os.environ['WORLD_SIZE']})"
         print(f"lagvae: error{where}: {err}", file=sys.stderr)
         return 2
@@ -346,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if "torch.distributed" in sys.modules:
-            from lagvae.training.world import leave
+            from lagvae.distributed import leave
 
             leave()
     return 0

@@ -11,13 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class LagvaeError(Exception):
-    """A failure the user can act on; the CLI prints it as one line, without a traceback."""
-
-
-class ConfigError(LagvaeError, ValueError):
-    """A configuration or input mistake."""
+# Defined in lagvae.errors; re-exported here, where they were defined before (explicit `as`: a re-export).
+from lagvae.errors import ConfigError as ConfigError
+from lagvae.errors import LagvaeError as LagvaeError
 
 
 @dataclass
@@ -86,7 +82,8 @@ class TrainConfig:
     cycle_shape: str = "linear"  # cyclical: linear | cosine | sigmoid
     free_bits: float = 0.1  # free-bits target lambda, nats per latent dimension
     svi_steps: int = 20  # SA-VAE: SVI steps per example (Kim et al.'s text setting)
-    # Kim et al.'s SVI lr, on the batch-MEAN loss: each example steps svi_lr / batch_size on its own ELBO
+    # Kim et al.'s SVI lr, on the batch-MEAN loss: each example steps svi_lr / B on its own ELBO, B the global size
+    # of the batch being refined (an epoch's last batch can be short; at evaluation, the evaluation batch)
     svi_lr: float = 1.0
     svi_momentum: float = 0.5
     svi_max_grad_norm: float = 5.0

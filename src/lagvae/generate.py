@@ -1,4 +1,5 @@
-"""Generation: text decoding from latents (greedy, beam, temperature sampling) and PixelCNN image sampling."""
+"""Generation: latents from the prior, text decoded from latents (greedy, beam, sampling), image samples and
+reconstructions."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lagvae.config import LagvaeError, RunConfig
+from lagvae.config import RunConfig
 from lagvae.data.text import BOS_ID, EOS_ID, PAD_ID, TextSet, Vocab, strip_ids
+from lagvae.errors import LagvaeError
 from lagvae.inference import Posterior, amortized
 from lagvae.models.vae import VAE
 
@@ -110,6 +112,23 @@ def _beam(model: VAE, z: Tensor, max_len: int, width: int) -> list[list[int]]:
     return [strip_ids(row) for row in history[best].tolist()]
 
 
+def _device(model: VAE) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prior_latents(n: int, latent_dim: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """n latents z ~ p(z) = N(0, I), [n, latent_dim], on `device`: from `generator` (a CPU one) when given,
+    else from the global RNG on `device`."""
+    if generator is None:
+        return torch.randn(n, latent_dim, device=device)
+    return torch.randn(n, latent_dim, generator=generator).to(device)
+
+
+def sample_sentences(model: VAE, vocab: Vocab, n: int, latent_dim: int, how: Decoding = Decoding()) -> list[str]:
+    """n sentences decoded from z ~ p(z), drawn from the global RNG (seed it for a reproducible sample)."""
+    return decode_sentences(model, vocab, prior_latents(n, latent_dim, _device(model)), how)
+
+
 def interpolation_latents(mu_a: Tensor, mu_b: Tensor, steps: int) -> Tensor:
     """z_t = (1 - t) mu_a + t mu_b for t evenly spaced in [0, 1], `steps` points (ends included)."""
     t = torch.linspace(0.0, 1.0, steps, device=mu_a.device).unsqueeze(1)
@@ -131,7 +150,7 @@ def encode_sentences(
                 f"input {number} ({' '.join(doc)[:40]!r}) has no word of the vocabulary: it reads as <unk> only"
             )
     tokens = TextSet.from_ids([vocab.encode(d) for d in docs]).tokens
-    return posterior(model, tokens.to(next(model.parameters()).device))
+    return posterior(model, tokens.to(_device(model)))
 
 
 def decode_sentences(model: VAE, vocab: Vocab, z: Tensor, how: Decoding = Decoding()) -> list[str]:
@@ -208,12 +227,18 @@ def reconstruct_images(
         model.train(was_training)
 
 
-def image_panel(
-    command: str,
-    run_dir: Path,
-    config: RunConfig,
+def sample_image_panel(
+    model: VAE, latent_dim: int, shape: tuple[int, int], *, n: int, seed: int, progress: bool
+) -> tuple[np.ndarray, int]:
+    """n images drawn from p(x|z), z ~ p(z) (both from `seed`), and the grid's column count."""
+    z = prior_latents(n, latent_dim, _device(model), torch.Generator().manual_seed(seed))
+    return np.asarray(sample_images(model, z, shape, seed=seed, progress=progress)), min(n, 10)
+
+
+def reconstruction_panel(
     model: VAE,
-    shape: tuple[int, int] | None,
+    config: RunConfig,
+    shape: tuple[int, int],
     *,
     n: int,
     input_path: Path | None,
@@ -222,16 +247,8 @@ def image_panel(
     progress: bool,
     posterior: Posterior = amortized,
 ) -> tuple[np.ndarray, int]:
-    """The images of `sample` (n draws from the prior) or `reconstruct` (n inputs, each beside its
-    reconstruction; the run's test split by default) for an image run, and the grid's column count."""
-    if shape is None:
-        raise LagvaeError(f"{run_dir} has neither vocab.json nor an image shape in data_stats.json")
-    if command == "interpolate":
-        raise LagvaeError("interpolate works on text runs; for images use sample or reconstruct")
-    device = next(model.parameters()).device
-    if command == "sample":
-        z = torch.randn(n, config.model.latent_dim, generator=torch.Generator().manual_seed(seed))
-        return np.asarray(sample_images(model, z.to(device), shape, seed=seed, progress=progress)), min(n, 10)
+    """n inputs of an image run (from `input_path`, else the run's test split), each beside its reconstruction,
+    and the grid's column count."""
     if input_path is not None:
         from lagvae.data.images import read_image_array
 
@@ -244,6 +261,6 @@ def image_panel(
     if tuple(x.shape[-2:]) != shape:
         raise LagvaeError(f"input images are {tuple(x.shape[-2:])}; the run was trained on {shape}")
     images = reconstruct_images(
-        model, x.to(device), sample_z=sample_z, seed=seed, progress=progress, posterior=posterior
+        model, x.to(_device(model)), sample_z=sample_z, seed=seed, progress=progress, posterior=posterior
     )
     return np.asarray(images), 2 * min(len(x), 5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -31,9 +31,10 @@ def amortized(model: VAE, x: Tensor) -> tuple[Tensor, Tensor]:
 @dataclass(frozen=True)
 class Refined:
     """q(z|x) = N(lambda_K): the encoder's lambda_0 after `svi_refine`'s K steps on the ELBO at KL weight 1
-    (SA-VAE's evaluation posterior); `svi` holds svi_refine's keyword options."""
+    (SA-VAE's evaluation posterior); `svi` holds svi_refine's keyword options, all of them from the run's
+    config (`training.savae.svi_options`): there are no defaults to fall back on."""
 
-    svi: dict[str, Any] = field(default_factory=dict)
+    svi: dict[str, Any]
 
     def __call__(self, model: VAE, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = model.encode(x)
@@ -45,30 +46,37 @@ def svi_refine(
     x: Tensor,
     mu: Tensor,
     logvar: Tensor,
-    steps: int = 20,
-    lr: float = 1.0,
-    momentum: float = 0.5,
-    max_grad_norm: float = 5.0,
+    *,
+    steps: int,
+    lr: float,
+    momentum: float,
+    max_grad_norm: float,
+    clip: str,
     create_graph: bool = False,
     noise: list[Tensor] | None = None,
     kl_weight: float = 1.0,
-    clip: str = "batch",
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """lambda_{k+1} = lambda_k + v_{k+1}, v_{k+1} = m v_k + lr clip(grad ELBO_beta(x; lambda_k)), lambda = (mu, logvar).
+    """lambda_{k+1} = lambda_k + v_{k+1}, v_{k+1} = m v_k + (lr / B) clip(grad ELBO_beta(x; lambda_k)).
 
-    Kim et al. (2018): each example's variational parameters take `steps` SGD-with-momentum steps on its
-    own one-sample ELBO (KL weighted by `kl_weight`), starting from the encoder's output. With
-    `create_graph` the steps stay differentiable, so a loss on the refined lambda_K backpropagates through
-    them into the encoder and the decoder. `noise` fixes the reparameterisation draws (one [B, D] tensor per
-    step), for gradient checks.
+    Kim et al. (2018): each example's variational parameters lambda = (mu, logvar) take `steps`
+    SGD-with-momentum steps on its own one-sample ELBO (KL weighted by `kl_weight`), starting from the
+    encoder's output. `lr` is Kim's, on the batch-MEAN ELBO, so one example steps lr / B on its own, B the
+    global size of the batch being refined (`draws.current_rows().total` under several processes, else x's
+    rows), which for the last batch of an epoch can be less than train.batch_size. The numbers come from the
+    config (train.svi_*, through `training.savae.svi_options`) and have no defaults here, so nothing can
+    differ from it. With `create_graph` the steps stay differentiable, so a loss on the refined lambda_K
+    backpropagates through them into the encoder and the decoder. `noise` fixes the reparameterisation
+    draws (one [B, D] tensor per step), for gradient checks.
     `clip`: "batch" (Kim's) scales mu's and logvar's gradients, each as a whole, so that the batch-mean
     gradient's norm is at most `max_grad_norm`; the batch is the global one (sharded rows summed by
-    `reduce`). "example" clips each example's joint (mu, logvar) gradient, so no coordinate moves further
-    than lr * max_grad_norm * steps / (1 - momentum) whatever the batch.
+    `reduce`), so neither tensor moves further than lr * max_grad_norm * steps / (1 - momentum). "example"
+    clips each example's joint (mu, logvar) gradient, so no coordinate moves further than
+    (lr / B) * max_grad_norm * steps / (1 - momentum).
     """
     rows = draws.current_rows()
     batch = rows.total if rows is not None else x.shape[0]
+    step = lr / batch  # Kim's gradient is of the batch mean: each example's own is 1/B of it
     # cuDNN's LSTM has no double backward and no backward in eval mode: the native kernels serve this region
     no_cudnn = torch.backends.cudnn.flags(enabled=False) if x.is_cuda else nullcontext()
     # Differentiating through the steps needs a twice-differentiable decoder loss.
@@ -93,7 +101,7 @@ def svi_refine(
             else:
                 norm = torch.sqrt(g_mu.pow(2).sum(-1, keepdim=True) + g_lv.pow(2).sum(-1, keepdim=True))
                 s_mu = s_lv = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0).detach()
-            v_mu = momentum * v_mu + lr * s_mu * g_mu
-            v_lv = momentum * v_lv + lr * s_lv * g_lv
+            v_mu = momentum * v_mu + step * s_mu * g_mu
+            v_lv = momentum * v_lv + step * s_lv * g_lv
             mu, logvar = mu + v_mu, logvar + v_lv
     return (mu, logvar) if create_graph else (mu.detach(), logvar.detach())

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from lagvae import draws
+from lagvae.distributed import World
 from lagvae.draws import Rows
 from lagvae.inference import Posterior, amortized
 from lagvae.models.vae import VAE
 from lagvae.objectives import gaussian_kl, iw_bound, log_importance_weights, log_normal, reparameterize
-
-if TYPE_CHECKING:
-    from lagvae.training.world import World
 
 
 def iw_log_likelihood(
@@ -26,22 +23,28 @@ def iw_log_likelihood(
     max_memory_mb: float = 512,
     q: tuple[Tensor, Tensor] | None = None,
     generator: torch.Generator | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Tensor:
     """log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x); decoded in memory-bounded chunks.
 
-    `q` is (mu, logvar) of q(z|x), the encoder's when not given."""
+    `q` is (mu, logvar) of q(z|x), the encoder's when not given. `on_chunk` (a progress display) is called
+    after each chunk with the (example, sample) pairs it decoded."""
     mu, logvar = q if q is not None else model.encode(x)
     if mu.shape[-1] == 0:  # no latent (lm, pixelcnn): every weight is p(x), so one sample is exact
         k = 1
     if x.shape[0] > 1 and sample_bytes(model, x) > max_memory_mb * 2**20:
         half = x.shape[0] // 2  # even one sample of the whole batch does not fit: split the batch
         parts = [(x[:half], mu[:half], logvar[:half]), (x[half:], mu[half:], logvar[half:])]
-        return torch.cat([iw_log_likelihood(model, xs, k, max_memory_mb, (m, lv), generator) for xs, m, lv in parts])
+        return torch.cat(
+            [iw_log_likelihood(model, xs, k, max_memory_mb, (m, lv), generator, on_chunk) for xs, m, lv in parts]
+        )
     chunk = samples_per_chunk(model, x, k, max_memory_mb)
     log_w = []
     for start in range(0, k, chunk):
         z = reparameterize(mu, logvar, min(chunk, k - start), generator)
         log_w.append(log_importance_weights(model.log_prob(x, z), z, mu, logvar))
+        if on_chunk is not None:
+            on_chunk(x.shape[0] * z.shape[1])
     return iw_bound(torch.cat(log_w, dim=1))
 
 
@@ -149,6 +152,7 @@ def evaluate(
     mi_full_max: int = 10_000,
     posterior: Posterior = amortized,
     nll_examples: list[Tensor] | None = None,
+    on_iw_chunk: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Per-example means of elbo, rec, kl, mi (per-minibatch aggregate, size-weighted) and au over all batches.
 
@@ -165,7 +169,8 @@ def evaluate(
 
     `mi_full` is I_q with the whole split's aggregate posterior (or a seeded subsample of `mi_full_max`
     examples, their number in `mi_full_n`), from its own seeded stream (0 turns it off).
-    With iw_samples > 0, `nll_examples` (when given) receives each global batch's per-example -log p(x).
+    With iw_samples > 0, `nll_examples` (when given) receives each global batch's per-example -log p(x), and
+    `on_iw_chunk` is iw_log_likelihood's `on_chunk` (the IW test's progress, which can take hours).
     """
     was_training = model.training
     model.eval()
@@ -188,7 +193,7 @@ def evaluate(
         sums["kl"] += float(gaussian_kl(mu_all, logvar_all).sum())
         sums["mi"] += float(mutual_information(mu_all, logvar_all)) * b
         if iw_samples > 0:
-            log_px = iw_log_likelihood(model, x, iw_samples, max_memory_mb, (mu, logvar), iw_generator)
+            log_px = iw_log_likelihood(model, x, iw_samples, max_memory_mb, (mu, logvar), iw_generator, on_iw_chunk)
             sums["nll"] += float(-log_px.sum())
             if nll_examples is not None:
                 nll_examples.append(-(world.gather_rows(log_px, rows) if world is not None else log_px))

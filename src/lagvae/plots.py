@@ -1,18 +1,20 @@
-"""Figures: the posterior-mean space over training, metric curves, and image grids (samples, reconstructions)."""
+"""Figures: the posterior-mean space over training, metric curves, and image grids (samples, reconstructions).
+
+Drawn with matplotlib's object-oriented API (a `Figure` written by its own `savefig`), never pyplot: importing
+lagvae leaves the matplotlib backend of a notebook or script as it was, and figures need no display.
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import matplotlib
+import matplotlib.image
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from lagvae.atomic import atomic_write  # noqa: E402
+from lagvae.atomic import atomic_write
 
 MAX_PANELS = 6
 
@@ -26,7 +28,8 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
     """One column per snapshot, one row per latent dimension: x = true posterior mean, y = encoder mean."""
     chosen = pick_snapshots(len(data["step"]))
     dims = data["true_mean"].shape[-1]
-    fig, axes = plt.subplots(dims, len(chosen), figsize=(2.6 * len(chosen), 2.6 * dims), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(chosen), 2.6 * dims))
+    axes = fig.subplots(dims, len(chosen), squeeze=False)
     lim = max(1.0, float(np.abs(data["true_mean"]).max()), float(np.abs(data["encoder_mean"]).max())) * 1.05
     for col, i in enumerate(chosen):
         for d in range(dims):
@@ -45,7 +48,6 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
         fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
 
 
 CURVE_KEYS = ("elbo", "kl", "mi_full", "au")  # a grid's validation panels: fit, rate, I_q, active units
@@ -53,8 +55,10 @@ CURVE_KEYS = ("elbo", "kl", "mi_full", "au")  # a grid's validation panels: fit,
 
 def metric_curves_png(curves: dict[str, list[list[dict]]], keys: tuple[str, ...] = CURVE_KEYS) -> bytes:
     """One panel per metric key, one line per method (mean over its runs) against the epoch, as PNG bytes."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys) + 2.0, 3.4), squeeze=False)
-    colours = plt.cm.tab20(np.linspace(0, 1, 20))  # 20 distinct colours: grids often exceed the default 10
+    fig = Figure(figsize=(4.5 * len(keys) + 2.0, 3.4))
+    axes = fig.subplots(1, len(keys), squeeze=False)
+    # 20 distinct colours: grids often exceed the default 10
+    colours = matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))
     for ax, key in zip(axes[0], keys, strict=True):
         shown = []
         for i, (label, runs) in enumerate(curves.items()):
@@ -76,10 +80,9 @@ def metric_curves_png(curves: dict[str, list[list[dict]]], keys: tuple[str, ...]
     return _png(fig, dpi=110)
 
 
-def _png(fig: Any, dpi: int) -> bytes:
+def _png(fig: Figure, dpi: int) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -98,7 +101,7 @@ def image_grid(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
 def save_image_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> None:
     """Write `image_grid` as a PNG, pixel value 1 white and 0 black, each pixel `scale` x `scale` screen pixels."""
     grid = image_grid(images, cols).repeat(scale, axis=0).repeat(scale, axis=1)
-    atomic_write(path, lambda f: plt.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
+    atomic_write(path, lambda f: matplotlib.image.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
 
 
 # (key, panel title): one panel each in a run's curves; I_q draws both estimates
@@ -109,7 +112,8 @@ RUN_PANELS += (("inner_steps", "inner steps / outer step"), ("lr", "learning rat
 def run_curves_png(records: list[dict]) -> bytes:
     """A run's per-epoch curves as PNG bytes: the aggressive epochs shaded, LR decays dashed, alarms in red."""
     epochs = [r["epoch"] for r in records]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.2), squeeze=False)
+    fig = Figure(figsize=(13, 6.2))
+    axes = fig.subplots(2, 3, squeeze=False)
     for ax, (key, title) in zip(axes.flat, RUN_PANELS, strict=True):
         if key == "mi":
             ax.plot(epochs, [r["mi"] for r in records], marker=".", label="mi (per minibatch)")

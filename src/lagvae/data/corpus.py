@@ -39,13 +39,17 @@ def default_data_root() -> Path | None:
     return next((p.resolve() for p in candidates if p.is_dir()), None)
 
 
+def _tokens(line: str) -> list[str]:
+    """A line's whitespace tokens; a `label<TAB>text` line keeps its text."""
+    return (line.split("\t", 1)[1] if "\t" in line else line).split()
+
+
 def split_documents(lines: Sequence[str], split: str, stats: CorpusStats) -> list[list[str]]:
     """Whitespace-tokenise one document per line; a `label<TAB>text` line keeps its text; empty lines are skipped."""
     docs = []
     empty = 0
     for line in lines:
-        text = line.split("\t", 1)[1] if "\t" in line else line
-        tokens = text.split()
+        tokens = _tokens(line)
         if tokens:
             docs.append(tokens)
         else:
@@ -74,25 +78,43 @@ def build_vocab(train: Sequence[Sequence[str]], max_vocab: int = 0, min_freq: in
 
 
 def encode_documents(
-    docs: Sequence[Sequence[str]], vocab: Vocab, max_len: int, overflow: str, split: str, stats: CorpusStats
-) -> TextSet:
-    """Ids with <s>/</s>; documents over `max_len` tokens are truncated or dropped (`overflow`) and counted."""
-    encoded, truncated, dropped, unknown = [], 0, 0, 0
-    for doc in docs:
+    docs: Sequence[Sequence[str]],
+    vocab: Vocab,
+    max_len: int,
+    overflow: str,
+    split: str,
+    stats: CorpusStats,
+    limit: int | None = None,
+) -> tuple[TextSet, int]:
+    """Ids with <s>/</s>; documents over `max_len` tokens are truncated or dropped (`overflow`) and counted.
+
+    A run keeps only the first `limit` encoded documents (data.train_limit, data.eval_limit; build_data cuts
+    them), so the counts cover those and the documents dropped among them, and the corpus summary's <unk>
+    count and word count describe the same documents. The whole split is still encoded, so the kept part's
+    tensors (and their fingerprints) do not depend on the limit. Returns the set and how many documents were
+    read to reach the kept part's end.
+    """
+    encoded: list[list[int]] = []
+    truncated, dropped, unknown, longest, read = 0, 0, 0, 0, 0
+    for i, doc in enumerate(docs):
+        counted = limit is None or len(encoded) < limit  # still inside the kept part
+        read = i + 1 if counted else read
         if max_len > 0 and len(doc) > max_len:
             if overflow == "drop":
-                dropped += 1
+                dropped += counted
                 continue
             doc = doc[:max_len]
-            truncated += 1
+            truncated += counted
         ids = vocab.encode(doc)
-        unknown += sum(1 for w in doc if w not in vocab.stoi)
+        if counted:
+            unknown += sum(1 for w in doc if w not in vocab.stoi)
+            longest = max(longest, len(doc))
         encoded.append(ids)
     stats.truncated[split], stats.dropped[split], stats.unknown_tokens[split] = truncated, dropped, unknown
-    stats.longest[split] = max((len(ids) - 2 for ids in encoded), default=0)
+    stats.longest[split] = longest
     if not encoded:
         raise ConfigError(f"every document of the {split} split is longer than max_len={max_len}")
-    return TextSet.from_ids(encoded)
+    return TextSet.from_ids(encoded), read
 
 
 def encode_corpus(
@@ -102,14 +124,36 @@ def encode_corpus(
     if config.overflow not in ("truncate", "drop"):
         raise ConfigError(f"unknown overflow {config.overflow!r}; choose truncate or drop")
     stats = CorpusStats()
-    docs = {split: split_documents(raw[split], split, stats) for split in SPLIT_NAMES}
+    full = {split: split_documents(raw[split], split, stats) for split in SPLIT_NAMES}
     if config.vocab_from not in VOCAB_FROM:
         raise ConfigError(f"unknown data.vocab_from {config.vocab_from!r}; choose from {', '.join(VOCAB_FROM)}")
-    if config.train_limit is not None and config.train_limit > 0 and config.vocab_from == "used":
-        docs["train"] = docs["train"][: config.train_limit]  # vocabulary and counts from what trains
+    limits = {"train": config.train_limit, "valid": config.eval_limit, "test": config.eval_limit}
+    limits = {split: n if n is not None and n > 0 else None for split, n in limits.items()}
+    docs = dict(full)
+    if limits["train"] is not None and config.vocab_from == "used":
+        docs["train"] = docs["train"][: limits["train"]]  # vocabulary and counts from what trains
     vocab = vocab or build_vocab(docs["train"], config.max_vocab, config.min_freq)
-    sets = {s: encode_documents(docs[s], vocab, config.max_len, config.overflow, s, stats) for s in SPLIT_NAMES}
+    sets = {}
+    for split in SPLIT_NAMES:
+        sets[split], read = encode_documents(
+            docs[split], vocab, config.max_len, config.overflow, split, stats, limits[split]
+        )
+        if read < len(full[split]):  # a limit cut the split: its empty lines too are counted up to the cut
+            stats.empty_lines[split] = _empty_lines_before(raw[split], read)
     return sets, vocab, stats
+
+
+def _empty_lines_before(lines: Sequence[str], n_docs: int) -> int:
+    """How many empty lines split_documents skipped among `lines` before reaching its `n_docs`-th document."""
+    empty = seen = 0
+    for line in lines:
+        if seen == n_docs:
+            break
+        if _tokens(line):
+            seen += 1
+        else:
+            empty += 1
+    return empty
 
 
 def ptb_lines() -> dict[str, list[str]]:

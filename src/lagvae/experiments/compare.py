@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import json
+import logging
 import multiprocessing
 import os
 import shlex
 import signal
-import statistics
 import threading
 import time
 import traceback
@@ -18,20 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write
-from lagvae.config import ConfigError, RunConfig, apply_override
+from lagvae.config import ConfigError, RunConfig, apply_override, read_json
 from lagvae.experiments.presets import make_config
-from lagvae.experiments.report import markdown_table
+from lagvae.experiments.rows import Summary, build_summary, read_test_cell, to_csv, to_markdown
 from lagvae.training.methods import METHODS, apply_method
 from lagvae.training.run_folder import ERROR, FINAL, FolderInUseError, RunFolder
 
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
 PARAMETER = {"beta": "train.beta", "free-bits": "train.free_bits", "savae": "train.svi_steps"}
-METRICS = ("nll", "kl", "mi", "mi_full", "au")
 SLOW_FIRST = {"savae": 0, "aggressive": 1}
+# The default reference of the paired comparison: the first of these in the grid.
+DEFAULT_REFERENCES = ("aggressive-anneal", "aggressive")
+GRID_FILE = "compare.json"  # the grid's preset, methods, seeds and reference, beside compare.md
+
+log = logging.getLogger("lagvae")
 
 
 @dataclass
@@ -168,6 +170,15 @@ class Grid:
         ]
 
 
+def choose_reference(methods: Sequence[str], requested: str | None) -> str | None:
+    """The method every other method's test NLLs are paired against: `requested`, else the first of
+    DEFAULT_REFERENCES in `methods`, else None (no paired comparison)."""
+    reference = requested or next((m for m in DEFAULT_REFERENCES if m in methods), None)
+    if reference is not None and reference not in methods:
+        raise ConfigError(f"--reference {reference} is not one of --methods ({', '.join(methods)})")
+    return reference
+
+
 def plan_commands(grid: Grid) -> list[str]:
     """One `lagvae train ... --resume auto` shell line per unfinished cell: the run `compare` would make there,
     for any scheduler (a Slurm array, GNU parallel) to run; `compare --report-only` then tabulates them."""
@@ -196,9 +207,9 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
     results: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
     for spec in specs:
-        final = RunFolder(spec.out).read_json(FINAL)
-        if final is not None:
-            results[(spec.label, spec.seed)] = {"ok": True, **final}
+        cell = read_cell(spec.out)
+        if cell is not None and (cell["ok"] or report_only):  # report-only lists an earlier failure as failed
+            results[(spec.label, spec.seed)] = cell
         elif not report_only:
             todo.append(spec)
     # Slow strategies first, so parallel workers finish together instead of one running alone at the end.
@@ -218,132 +229,71 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
             bar.update(1)
             left = len(todo) - (bar.n - bar.initial)
             bar.set_postfix(running=min(workers, left), left=left)
-    histories = {key: RunFolder(grid.folder(*key)).read_metrics() for key, r in results.items() if r["ok"]}
-    for key, history in histories.items():  # the paper reports how long aggressive mode lasted
-        results[key]["aggressive_epochs"] = sum(bool(r.get("aggressive")) for r in history)
-    write_summary(results, grid, histories)
+    write_summary(results, grid, read_histories(grid, results))
     return results
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def read_cell(folder: Path) -> dict[str, Any] | None:
+    """A cell's record: its final.json once finished, the last line of its error.txt when its last attempt
+    failed, else None (not started, or stopped mid-run)."""
+    final = RunFolder(folder).read_json(FINAL)
+    if final is not None:
+        return {"ok": True, **final}
+    error = folder / ERROR
+    if error.exists():
+        lines = [line for line in error.read_text(errors="replace").splitlines() if line.strip()]
+        return {"ok": False, "error": lines[-1] if lines else "failed"}
+    return None
 
 
-def summarise(results: dict[tuple[str, int], dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per method: mean and sd over its successful seeds; training time (in all and per epoch)
-    relative to `vae`'s when the grid has it."""
-    rows = []
-    for label in methods:
-        runs = [r for (m, _), r in results.items() if m == label and r["ok"]]
-        row: dict[str, Any] = {"method": label, "runs": len(runs)}
-        if runs:
-            for key in (*METRICS, "ppl", "train_seconds", "aggressive_epochs"):
-                if all(key in r for r in runs):
-                    row[key], row[f"{key}_sd"] = _mean_sd([float(r[key]) for r in runs])
-            row["seconds_per_epoch"] = statistics.fmean(r["train_seconds"] / max(r["epochs"], 1) for r in runs)
-        rows.append(row)
-    base = next((r for r in rows if r["method"] == "vae" and r["runs"]), None)
-    for row in rows:
-        if base and row["runs"]:
-            row["time_rel"] = row["seconds_per_epoch"] / base["seconds_per_epoch"]
-            row["total_time_rel"] = row["train_seconds"] / base["train_seconds"]
-    return rows
+def read_histories(
+    grid: Grid, results: dict[tuple[str, int], dict[str, Any]]
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Each finished cell's metrics.jsonl; sets its `aggressive_epochs` (the paper reports how long aggressive
+    mode lasted)."""
+    histories = {key: RunFolder(grid.folder(*key)).read_metrics() for key, r in results.items() if r["ok"]}
+    for key, history in histories.items():
+        results[key]["aggressive_epochs"] = sum(bool(r.get("aggressive")) for r in history)
+    return histories
+
+
+def summarise(grid: Grid, results: dict[tuple[str, int], dict[str, Any]]) -> Summary:
+    """The grid's row model (lagvae.experiments.rows), from its cells' records and test_nll.csv files."""
+    cells = {key: read_test_cell(grid.folder(*key), r) for key, r in results.items() if r["ok"]}
+    return build_summary(results, grid.methods, grid.seeds, grid.reference, cells)
 
 
 def write_summary(
     results: dict[tuple[str, int], dict[str, Any]],
     grid: Grid,
     histories: dict[tuple[str, int], list[dict[str, Any]]],
-) -> None:
-    """compare.csv, compare.md and compare_curves.png; `histories`: each finished cell's metrics.jsonl."""
+) -> Summary:
+    """compare.md, compare.csv (one row model, two renderings), compare.json (the grid, from which
+    `lagvae report` rebuilds the same rows) and compare_curves.png; `histories`: each finished cell's
+    metrics.jsonl."""
     out = grid.out
-    rows = summarise(results, grid.methods)
+    summary = summarise(grid, results)
+    for line in summary.unpaired:
+        log.warning(line)
     out.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=sorted({k for row in rows for k in row}, key=lambda k: (k != "method", k))
-    )
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(out / "compare.csv", lambda f: f.write(buffer.getvalue().encode()))
-    has_ppl = any("ppl" in r for r in rows)
-    head = ["method", "NLL", "KL", "MI", "MI (full)", "AU", *(["PPL"] if has_ppl else [])]
-    head += ["aggressive epochs", "time vs vae", "time/epoch vs vae", "s/epoch", "runs"]
-    table = []
-    for row in rows:
-        if not row["runs"]:
-            table.append([row["method"], *["-"] * (len(head) - 2), "0"])
-            continue
-        cells = [row["method"]]
-        for key in (*METRICS, *(["ppl"] if has_ppl else [])):
-            cells.append(f"{row[key]:.2f} ± {row[key + '_sd']:.2f}" if key in row else "-")
-        cells.append(f"{row['aggressive_epochs']:.1f}" if "aggressive_epochs" in row else "-")
-        cells += [f"{row[key]:.2f}x" if key in row else "-" for key in ("total_time_rel", "time_rel")]
-        table.append([*cells, f"{row['seconds_per_epoch']:.1f}", str(row["runs"])])
-    failures = [f"- {m} seed {s}: {r['error']}" for (m, s), r in results.items() if not r["ok"]]
-    text = markdown_table(head, table) + "\n"
-    if grid.reference is not None:
-        text += paired_table(results, grid)
-    text += runs_table(results, grid, has_ppl)
-    if failures:
-        text += "\nFailed runs (see error.txt in each run folder):\n" + "\n".join(failures) + "\n"
-    atomic_write(out / "compare.md", lambda f: f.write(text.encode()))
+    spec: dict[str, Any] = {"preset": grid.preset, "methods": list(grid.methods), "seeds": list(grid.seeds)}
+    spec["reference"] = grid.reference
+    atomic_write(out / GRID_FILE, lambda f: f.write((json.dumps(spec, indent=2) + "\n").encode()))
+    atomic_write(out / "compare.csv", lambda f: f.write(to_csv(summary).encode()))
+    atomic_write(out / "compare.md", lambda f: f.write(to_markdown(summary).encode()))
     _plot_curves(histories, grid)
+    return summary
 
 
-def runs_table(results: dict[tuple[str, int], dict[str, Any]], grid: Grid, has_ppl: bool) -> str:
-    """The Markdown section with one row per finished run, so a mean's spread can be traced to its seeds."""
-    head = ["method", "seed", "NLL", "KL", "MI (full)", "AU", *(["PPL"] if has_ppl else [])]
-    head += ["epochs", "best epoch", "aggressive epochs", "train s"]
-    rows = []
-    for label in grid.methods:
-        for seed in grid.seeds:
-            r = results.get((label, seed))
-            if r is None or not r["ok"]:
-                continue
-            cells = [label, str(seed), *(f"{r[k]:.2f}" if k in r else "-" for k in ("nll", "kl", "mi_full"))]
-            cells += [str(r.get("au", "-")), *([f"{r['ppl']:.1f}" if "ppl" in r else "-"] if has_ppl else [])]
-            cells += [str(r.get(k, "-")) for k in ("epochs", "best_epoch", "aggressive_epochs")]
-            rows.append([*cells, f"{r['train_seconds']:.0f}"])
-    return "\nEach run:\n\n" + markdown_table(head, rows) + "\n" if rows else ""
-
-
-def paired_differences(test_nll: dict[tuple[str, int], np.ndarray | None], grid: Grid, label: str) -> dict[str, float]:
-    """Test NLL of `label` minus the reference's, example by example (`test_nll`: each finished cell's
-    test_nll.csv), on each seed both finished:
-    d = mean_i (nll_label,i - nll_ref,i) per seed, then its mean and sd over seeds (`diff`, `diff_sd`), and
-    the paired standard error sd_i(nll_label,i - nll_ref,i) / sqrt(n), averaged over seeds (`se`)."""
-    diffs, errors = [], []
-    for seed in grid.seeds:
-        a, b = test_nll.get((label, seed)), test_nll.get((grid.reference, seed))  # type: ignore[arg-type]
-        if a is None or b is None or a.shape != b.shape:
-            continue  # a run from before test_nll.csv, or tested on other examples
-        d = a - b
-        diffs.append(float(d.mean()))
-        errors.append(float(d.std(ddof=1) / len(d) ** 0.5) if len(d) > 1 else 0.0)
-    if not diffs:
-        return {"pairs": 0}
-    mean, sd = _mean_sd(diffs)
-    return {"pairs": len(diffs), "diff": mean, "diff_sd": sd, "se": statistics.fmean(errors)}
-
-
-def paired_table(results: dict[tuple[str, int], dict[str, Any]], grid: Grid) -> str:
-    """The Markdown section of paired test-NLL differences against the grid's reference method."""
-    test_nll = {key: RunFolder(grid.folder(*key)).read_test_nll() for key, r in results.items() if r["ok"]}
-    rows = []
-    for label in grid.methods:
-        if label == grid.reference:
-            continue
-        p = paired_differences(test_nll, grid, label)
-        if p["pairs"]:
-            rows.append([label, f"{p['diff']:+.3f} ± {p['diff_sd']:.3f}", f"{p['se']:.3f}", str(p["pairs"])])
-        else:
-            rows.append([label, "-", "-", "0"])
-    head = [f"method - {grid.reference}", "test NLL difference (mean ± sd over seeds)", "paired SE", "seeds"]
-    return (
-        f"\nPaired against {grid.reference}, example by example (test_nll.csv; below 0: better than "
-        f"{grid.reference}):\n\n" + markdown_table(head, rows) + "\n"
-    )
+def saved_grid(folder: Path, methods: Sequence[str], seeds: Sequence[int]) -> Grid:
+    """The grid that wrote `folder` (its compare.json); without one, a grid of `methods` x `seeds` (the
+    method folders found there) with the default reference."""
+    path = folder / GRID_FILE
+    if path.exists():
+        spec = read_json(path, dict, "a lagvae compare.json")
+        methods, seeds = tuple(spec["methods"]), tuple(spec["seeds"])
+        return Grid(spec["preset"], methods, seeds, folder, reference=spec.get("reference"))
+    return Grid("?", tuple(methods), tuple(seeds), folder, reference=choose_reference(methods, None))
 
 
 def _plot_curves(histories: dict[tuple[str, int], list[dict[str, Any]]], grid: Grid) -> None:

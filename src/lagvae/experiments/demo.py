@@ -22,7 +22,8 @@ def demo_grid(
     overrides: Sequence[str] = (),
 ) -> Grid:
     """The demo's grid: each of DEMO_METHODS once, in out/<method>/seed<seed>, each run with its own bar, and
-    vae's test NLL paired with aggressive's example by example in compare.md.
+    vae's test NLL paired with aggressive's example by example in compare.md (one seed: the difference and
+    its within-seed SE, but no verdict, which needs seeds; docs/DESIGN.md, "Verdicts").
 
     The defaults fit the 10-minute budget on 2 CPU cores: an aggressive epoch on all 16,000 training
     sentences takes ~270 s there and aggressive mode lasts at least two epochs (three or more when I_q

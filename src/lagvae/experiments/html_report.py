@@ -1,22 +1,24 @@
 """`lagvae report DIR`: one self-contained HTML page for a run folder or a compare folder.
 
-Everything comes from the folder's files (config.json, metrics.jsonl, final.json, posterior_mean.png,
-compare.md); figures are inlined as data URIs and nothing is fetched, so the page can be mailed or archived.
-A small inline script marks the page `data-rendered="ok"` once every figure has decoded, which the
-headless-browser check (scripts/check_report.py) reads.
+Everything comes from the folder's files (config.json, metrics.jsonl, final.json, test_nll.csv,
+posterior_mean.png, compare.json). A compare folder's tables are built from its cells by the row model that
+writes compare.md (lagvae.experiments.rows), never read back from compare.md. Figures are inlined as data URIs
+and nothing is fetched, so the page can be mailed or archived. A small inline script marks the page
+`data-rendered="ok"` once every figure has decoded, which the headless-browser check (scripts/check_report.py)
+reads.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 from lagvae.atomic import atomic_write
 from lagvae.config import ConfigError
+from lagvae.experiments.rows import Summary, sections
 from lagvae.training.run_folder import CONFIG, METRICS, POSTERIOR_PNG, RunFolder
 
 REPORT = "report.html"
@@ -115,12 +117,7 @@ def _compare_page(folder: Path) -> tuple[str, str]:
     from lagvae.plots import metric_curves_png
 
     runs = _grid_runs(folder)
-    parts = ["<h2>Comparison</h2>"]
-    table = folder / "compare.md"
-    if table.exists():
-        parts.append(_markdown_table(table.read_text()))
-    else:
-        parts.append('<p class="muted">No compare.md: run <code>lagvae compare ... --report-only</code>.</p>')
+    parts = ["<h2>Comparison</h2>", _summary_html(_grid_summary(folder, runs))]
     curves = {m: [RunFolder(p).read_metrics() for p in seeds] for m, seeds in runs.items()}
     parts.append("<h2>Validation curves (mean over seeds)</h2>")
     parts.append(_img(metric_curves_png(curves), "validation curves per method"))
@@ -135,19 +132,30 @@ def _compare_page(folder: Path) -> tuple[str, str]:
     return f"compare · {folder.name}", "\n".join(parts)
 
 
-def _markdown_table(text: str) -> str:
-    """compare.md as HTML: each run of pipe-table lines a table, the other lines (the paired comparison's
-    heading, failed runs) as text between them."""
+def _grid_summary(folder: Path, runs: dict[str, list[Path]]) -> Summary:
+    """The grid's row model, rebuilt from its cells: the grid compare.json names (its methods, seeds and
+    reference), else the method folders found here."""
+    from lagvae.experiments.compare import read_cell, read_histories, saved_grid, summarise
+
+    names = {p.name.removeprefix("seed") for paths in runs.values() for p in paths}
+    seeds = sorted(int(name) for name in names if name.isdigit())
+    grid = saved_grid(folder, list(runs), seeds)
+    cells = {(m, s): read_cell(grid.folder(m, s)) for m in grid.methods for s in grid.seeds}
+    results = {key: cell for key, cell in cells.items() if cell is not None}
+    read_histories(grid, results)
+    return summarise(grid, results)
+
+
+def _summary_html(summary: Summary) -> str:
+    """The sections of compare.md (lagvae.experiments.rows.sections) as HTML: the same cells."""
     out = []
-    for is_table, group in itertools.groupby(text.splitlines(), key=lambda line: line.startswith("|")):
-        lines = list(group)
-        if is_table:
-            rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
-            rows = [row for row in rows if not set("".join(row)) <= set("-: ")]
-            out.append(_table(rows[0], rows[1:]))
-        elif any(lines):
-            out.append(f"<pre>{html.escape(chr(10).join(line for line in lines if line))}</pre>")
-    return "".join(out)
+    for section in sections(summary):
+        out.append(f"<p>{html.escape(section.intro)}</p>")
+        if section.head:
+            out.append(_table(section.head, section.rows))
+        if section.notes:
+            out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in section.notes) + "</ul>")
+    return "\n".join(out)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -83,7 +83,9 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, target: Tensor, ignore_index
 
     Equal to F.cross_entropy(h @ W.T, y, reduction="none") up to rounding, without materialising the log-
     softmax: without gradients only one chunk of logits exists at a time, so memory does not grow with N x V.
-    Its backward skips W's gradient when W does not require one (the encoder-only steps that skip it).
+    Its backward computes W's gradient only when W requires one. Every training update back-propagates into
+    all parameters, encoder-only steps included (their clip norm spans both networks: docs/DESIGN.md,
+    "Gradient clipping"), so in training it always does.
     """
     keep = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     if keep and getattr(_state, "plain", False):

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 from lagvae.config import TrainConfig
+from lagvae.distributed import SINGLE, World
 from lagvae.draws import Rows
 from lagvae.models.vae import VAE
 from lagvae.training.strategies import Batch, JointStrategy, KLTerm, StepStats, _stats, plain_kl, shard_mean
-from lagvae.training.world import SINGLE, World
 
 
 class InnerLoopStop:

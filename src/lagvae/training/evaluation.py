@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -11,15 +13,17 @@ from tqdm.auto import tqdm
 
 from lagvae.config import RunConfig
 from lagvae.data import Dataset
-from lagvae.data.batches import ShardedBatches
+from lagvae.data.batches import ShardedBatches, shard_bounds
+from lagvae.distributed import World
 from lagvae.inference import Posterior
 from lagvae.metrics import evaluate
 from lagvae.models.vae import VAE
 from lagvae.training.strategies import Batch, on_device
-from lagvae.training.world import World
 
 TEST_SEED_OFFSET = 1  # the test's random stream: train.seed + this
 IW_RANK_STRIDE = 1_000_003  # rank r's IW stream under several processes: the test's seed + this * (r + 1)
+
+log = logging.getLogger("lagvae")
 
 
 def eval_batches(data: Dataset, config: RunConfig, world: World) -> ShardedBatches:
@@ -43,6 +47,97 @@ def with_progress(
     )
 
 
+def local_examples(n: int, batch_size: int, world: World) -> int:
+    """How many of the n examples this rank evaluates: its rows of each in-order batch (eval_batches's cut)."""
+    sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    return sum(b[world.rank + 1] - b[world.rank] for b in (shard_bounds(m, world.size) for m in sizes))
+
+
+def rough_duration(seconds: float) -> str:
+    """A rough duration for people: '40 s', '12 min', '2 h 10 min'."""
+    if seconds < 59.5:
+        return f"{max(seconds, 1):.0f} s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
+class IWProgress:
+    """The IW test's progress bar, which moves per chunk of samples ((example, sample) pairs decoded), not per
+    batch: at K in the thousands one batch can take minutes. Before the test runs in earnest it logs how long
+    the whole will take, timed on the first batch.
+
+    The first chunk's end minus the batch's start is the posterior (SA-VAE's refinement is costly) plus one
+    chunk; the second chunk alone gives the cost per pair, so the two are told apart. A first batch decoded
+    in one chunk is timed whole instead.
+    """
+
+    def __init__(
+        self, config: RunConfig, n: int, world: World, device: torch.device, enabled: bool, position: int
+    ) -> None:
+        e = config.eval
+        self.k = e.iw_samples if config.model.latent_dim > 0 else 1  # no latent: one sample is exact
+        self.n = n
+        self.local = local_examples(n, e.batch_size or config.train.batch_size, world)
+        self.device = device
+        self.announce = world.is_main
+        self.bar = tqdm(
+            total=self.local * self.k,
+            desc=f"test (IW, K = {e.iw_samples})",
+            unit="sample",
+            unit_scale=True,
+            disable=not enabled,
+            position=position,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self.estimated = False
+        self.chunks = 0
+        self.start = self.first_end = 0.0
+        self.first_pairs = self.first_rows = 0
+
+    def _now(self) -> float:
+        # CUDA runs ahead of the host: wait for it, but only while timing (at most three times a test)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def batches(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """The batches moved to the device; the first one's start is the timing's zero."""
+        for i, (x, rows) in enumerate(on_device(self.device, b) for b in batches):
+            if i == 0:
+                self.start, self.first_rows = self._now(), x.shape[0]
+            elif not self.estimated and self.chunks:  # the first batch was one chunk: time it whole
+                self._estimate(self._now() - self.start, 0.0)
+            yield x, rows
+        if not self.estimated and self.chunks:
+            self._estimate(self._now() - self.start, 0.0)
+        self.bar.close()
+
+    def on_chunk(self, pairs: int) -> None:
+        """metrics.evaluate's `on_iw_chunk`: move the bar, and time the first batch's first two chunks."""
+        self.bar.update(pairs)
+        if self.estimated:
+            return
+        self.chunks += 1
+        if self.chunks == 1:
+            self.first_end, self.first_pairs = self._now(), pairs
+        elif self.chunks == 2:
+            per_pair = (self._now() - self.first_end) / max(pairs, 1)
+            self._estimate(max(0.0, self.first_end - self.start - per_pair * self.first_pairs), per_pair)
+
+    def _estimate(self, per_batch: float, per_pair: float) -> None:
+        """Log the test's estimated duration: `per_batch` seconds for the first batch's rows besides the IW
+        pairs (its posterior), `per_pair` for each (example, sample) pair."""
+        self.estimated = True
+        if not self.announce:
+            return
+        seconds = per_batch * self.local / max(self.first_rows, 1) + per_pair * self.local * self.k
+        log.info(
+            f"test: K = {self.k:,} on {self.n:,} examples, about {rough_duration(seconds)} (timed on the first batch); "
+            "eval.iw_samples or data.eval_limit cut it"
+        )
+
+
 def test_metrics(
     model: VAE,
     posterior: Posterior,
@@ -58,7 +153,8 @@ def test_metrics(
     example's index in the split and its IW-NLL (both empty when iw_samples is 0)."""
     e = config.eval
     sharded = eval_batches(test, config, world)
-    batches = with_progress(sharded, device, f"test (IW, K = {e.iw_samples})", progress, position)
+    iw = IWProgress(config, len(test), world, device, progress, position) if e.iw_samples > 0 else None
+    batches = iw.batches(sharded) if iw else with_progress(sharded, device, "test", progress, position)
     nll: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         seed = config.train.seed + TEST_SEED_OFFSET
@@ -67,8 +163,9 @@ def test_metrics(
         if world.size > 1:  # each rank's IW samples: its own stream, reproducible per world size
             iw_generator = torch.Generator(device).manual_seed(seed + IW_RANK_STRIDE * (1 + world.rank))
         metrics = evaluate(
-            model, batches, e.iw_samples, e.max_memory_mb, world, iw_generator, e.mi_full_max, posterior, nll
-        )
+            model, batches, e.iw_samples, e.max_memory_mb, world, iw_generator, e.mi_full_max, posterior, nll,
+            on_iw_chunk=iw.on_chunk if iw else None,
+        )  # fmt: skip
     if not nll:
         return metrics, np.zeros(0, dtype=np.int64), np.zeros(0)
     index = torch.cat(sharded.epoch_order()).numpy()

@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 
-from lagvae.config import ConfigError, RunConfig, load_json
+from lagvae.config import RunConfig, load_json
 from lagvae.data import build_data
 from lagvae.data.text import Vocab
+from lagvae.distributed import SINGLE
+from lagvae.errors import ConfigError
 from lagvae.models import VAE, build_model
 from lagvae.training import checkpoint
 from lagvae.training.build import build_posterior
@@ -18,7 +20,6 @@ from lagvae.training.evaluation import final_results, test_metrics
 from lagvae.training.provenance import check_same_data, data_fingerprints, run_provenance
 from lagvae.training.run_folder import BEST, CONFIG, DATA_STATS, PROVENANCE, VOCAB, RunFolder
 from lagvae.training.runtime import resolve_device, setup_runtime
-from lagvae.training.world import SINGLE
 
 log = logging.getLogger("lagvae")
 

@@ -1,73 +1,72 @@
-"""The epoch loop: a Trainer trains one run in one folder, selects on validation and tests."""
+"""The Trainer: one run in one folder, built, trained epoch by epoch (steps, validation, checkpoints), tested."""
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lagvae.atomic import atomic_write, save_json_atomic
 from lagvae.config import RunConfig
 from lagvae.data import Splits, build_data, describe
 from lagvae.data.batches import ShardedBatches
+from lagvae.errors import NonFiniteLossError, Preempted
 from lagvae.metrics import evaluate
 from lagvae.models import build_model
 from lagvae.plots import plot_posterior_means
 from lagvae.posterior import PosteriorTracker, latent_grid
-from lagvae.training import checkpoint
 from lagvae.training.aggressive import AggressiveStrategy
 from lagvae.training.alarm import alarm_message, collapse_alarm
 from lagvae.training.build import build_strategy, set_lr, validate
-from lagvae.training.epoch import NonFiniteLossError, train_epoch
+from lagvae.training.epoch import EpochBar, EpochSums
 from lagvae.training.evaluation import eval_batches, final_results, test_metrics, with_progress
 from lagvae.training.lr_rule import PlateauHalving
 from lagvae.training.provenance import data_fingerprints
-from lagvae.training.resume import Checkpoints, TrainState
-from lagvae.training.run_folder import (
-    BEST,
-    DATA_STATS,
-    POSTERIOR_NPZ,
-    POSTERIOR_PNG,
-    PROVENANCE,
-    VOCAB,
-    RunFolder,
-)
+from lagvae.training.resume import Checkpoints, TrainState, restore_snapshots
+from lagvae.training.run_context import RunContext
+from lagvae.training.run_folder import DATA_STATS, LAST, POSTERIOR_NPZ, POSTERIOR_PNG, PROVENANCE, VOCAB
 from lagvae.training.runtime import setup_runtime
+from lagvae.training.schedules import kl_weight
 from lagvae.training.strategies import Batch, on_device
 from lagvae.training.tensorboard_log import TensorBoardLog
-from lagvae.training.world import check_shards, join, prepare_model
+from lagvae.training.world import check_shards, prepare_model
 
 log = logging.getLogger("lagvae")
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
 
 
-class Trainer(Checkpoints):
-    """One run in one folder. `fit()` trains (resuming from last.pt when asked); `test()` writes final.json."""
+class Trainer:
+    """One run in one folder: `resume()` (when continuing a run), `fit()`, then `test()`, which writes final.json.
 
-    def __init__(self, config: RunConfig, out_dir: Path | str, *, bar_position: int = 0) -> None:
-        """Under torchrun this process joins the run's process group (lagvae.training.world): every rank builds
-        the same data, model and generators; rank 0 alone writes the folder and shows progress."""
+    The Trainer holds the data, the model, the strategy (how one outer step updates the model), the LR rule
+    and the counters (`state`). Two objects of their own hold the rest: `checkpoints` writes and reads
+    last.pt and best.pt, and `run` is the run's surroundings (the folder and its lock, this process's place
+    in the process group, the SIGTERM stop request, provenance).
+    """
+
+    def __init__(self, config: RunConfig, run: RunContext | Path | str, *, bar_position: int = 0) -> None:
+        """`run` is the RunContext train_and_evaluate opened (rank 0 holding the folder's lock), or a folder path.
+        Under torchrun this process joins the run's process group (lagvae.distributed): every rank builds the
+        same data, model and generators; rank 0 alone writes the folder and shows progress."""
         validate(config)
         self.config = config
-        self.folder = RunFolder(out_dir)
-        self.world, device_name = join(config.device)
+        self.run = run if isinstance(run, RunContext) else RunContext.join(run, config.device)
+        self.folder, self.world = self.run.folder, self.run.world
         self.main = self.world.is_main
         self.progress = config.progress and self.main
-        self.device = setup_runtime(config, device_name, self.world.local_size)
+        self.device = setup_runtime(config, self.run.device_name, self.world.local_size)
         torch.manual_seed(config.train.seed)
         self.splits: Splits = build_data(config.data)
         check_shards(self.world.size, config, self.splits)
         if self.main:
             self.folder.create()  # only once the data loaded: a bad corpus leaves no empty folder behind
-        self.fingerprints = data_fingerprints(self.splits)
+        self.run.record(self.device, data_fingerprints(self.splits))
         for line in describe(self.splits):
             log.info(line)
         vocab_size = len(self.splits.vocab) if self.splits.vocab is not None else 0
@@ -85,12 +84,12 @@ class Trainer(Checkpoints):
         )
         t = config.train
         self.lr_rule = PlateauHalving(t.lr, t.lr_decay, t.lr_patience, t.lr_decay_min_epoch, t.max_decays)
+        self.checkpoints = Checkpoints(self.run, self.device, self.model, self.strategy, self.lr_rule, self.generator)
         self.state = TrainState()
+        self.partial_epoch: dict[str, Any] | None = None  # a mid-epoch last.pt's position: the next epoch starts there
         self.tracker = self._make_tracker()
         self.bar_position = bar_position
         self.clock: Callable[[], float] = time.monotonic  # tests inject a fake clock
-        self._partial_epoch: dict[str, Any] | None = None  # set by resume() from a mid-epoch last.pt
-        self._stop_requested = False  # set by SIGTERM: checkpoint at the next step, then stop
         self.tensorboard: TensorBoardLog | None = None  # rank 0, while fit() runs with log.tensorboard
 
     def _make_tracker(self) -> PosteriorTracker | None:
@@ -100,21 +99,17 @@ class Trainer(Checkpoints):
         x = self.splits.val.first(e.posterior_points).to(self.device)
         return PosteriorTracker(x, latent_grid(self.config.model.latent_dim, e.posterior_grid, e.posterior_range))
 
-    def _progress(self, batches: ShardedBatches, desc: str) -> Iterable[Batch]:
-        return with_progress(batches, self.device, desc, self.progress, self.bar_position)
+    # ---- resuming ----------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue the folder's run from last.pt: weights, optimisers, strategy, LR rule, RNGs and counters,
+        and the position inside an epoch when last.pt was written there."""
+        self.state, self.partial_epoch = self.checkpoints.resume()
+        if self.main:
+            self.folder.rewrite_metrics(self.state.history)
+        if self.tracker is not None:
+            restore_snapshots(self.tracker, self.folder.file(POSTERIOR_NPZ), self.state.step)
 
     # ---- training ----------------------------------------------------------------------------------------
-    def _snapshot(self, epoch: int) -> None:
-        if self.tracker is None:  # no 1-2-d latent, or not rank 0
-            return
-        self.tracker.snapshot(self.model, self.state.step, epoch)
-        arrays = self.tracker.arrays()
-        atomic_write(self.folder.file(POSTERIOR_NPZ), lambda f: np.savez(f, **arrays))
-        plot_posterior_means(arrays, self.folder.file(POSTERIOR_PNG), title=self.config.train.method)
-
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        return train_epoch(self, epoch)
-
     def fit(self) -> TrainState:
         """Train to the epoch limit or the LR rule's stop. The folder is new or cleared, or this resumes its run
         (train_and_evaluate checks which before any file is touched), so config.json describes this run."""
@@ -126,8 +121,9 @@ class Trainer(Checkpoints):
                 self.tensorboard = TensorBoardLog(self.folder.path, st.step)
         val_batches = eval_batches(self.splits.val, cfg, self.world)
         try:
-            with _sigterm_sets(self):
-                self._epochs(val_batches)
+            with self.run.sigterm_stops():
+                while st.epoch < cfg.train.epochs and not st.stopped:
+                    self._epoch(val_batches)
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
@@ -138,12 +134,155 @@ class Trainer(Checkpoints):
         cfg, st = self.config, self.state
         self.folder.write_config(cfg)  # a resume may have changed a RESUMABLE field
         if st.step == 0:  # a new run; a resumed one wrote these when it started, from the same (hashed) data
-            save_json_atomic(self._provenance(), self.folder.file(PROVENANCE))
+            save_json_atomic(self.run.provenance(), self.folder.file(PROVENANCE))
             if self.splits.vocab is not None:
                 self.splits.vocab.save(self.folder.file(VOCAB))
             if self.splits.stats:
                 save_json_atomic(self.splits.stats, self.folder.file(DATA_STATS))
             self._snapshot(0)
+
+    def _epoch(self, val_batches: ShardedBatches) -> None:
+        """One epoch: its steps, validation, the strategy's and the LR rule's decisions, the record, checkpoints."""
+        st = self.state
+        epoch = st.epoch
+        aggressive = self.strategy.aggressive
+        lr = self.lr_rule.lr
+        train = self.train_epoch(epoch)
+        start = time.perf_counter()
+        val = self._validate(val_batches, epoch)
+        self.strategy.end_epoch(val)
+        decision = self.lr_rule.update(epoch, -val["elbo"])
+        st.train_seconds += train["seconds"] + time.perf_counter() - start
+        record = {
+            "step": st.step,
+            "epoch": epoch,
+            "kl_weight": train["kl_weight"],
+            "aggressive": aggressive,
+            "lr": lr,
+            **{k: val[k] for k in ("elbo", "rec", "kl", "mi", "mi_full", "mi_full_n", "au", "ppl") if k in val},
+            "train_loss": train["train_loss"],
+            "inner_steps": train["inner_steps"],
+            "train_seconds": st.train_seconds,
+        }
+        self._sound_alarm(record)
+        st.history.append(record)
+        if decision.improved:
+            st.best_epoch = epoch
+        if self.main:
+            self.folder.append_metrics(record)
+            if self.tensorboard is not None:
+                self.tensorboard.epoch(record)
+        if decision.improved:
+            self.checkpoints.save_best(epoch)
+        if decision.decay:
+            self.checkpoints.load_best()
+            set_lr(self.strategy, self.lr_rule.lr)
+            for opt in self.strategy.optimizers():
+                opt.state.clear()  # momentum or Adam moments belong to the weights just discarded
+        st.epoch += 1
+        if epoch < self.config.eval.snapshot_epochs:
+            self._snapshot(epoch)
+        st.stopped = decision.stop
+        self.checkpoints.save_last(st)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (or its rest, after a mid-epoch resume) behind a progress bar; returns its training numbers.
+
+        last.pt is also written inside the epoch, every train.checkpoint_minutes and at the step after SIGTERM
+        (which then ends the run with Preempted)."""
+        cfg, st, run = self.config, self.state, self.run
+        iters = len(self.train_batches)
+        snap_every = iters // cfg.eval.snapshots_epoch0 if cfg.eval.snapshots_epoch0 > 0 else 0
+        partial, self.partial_epoch = self.partial_epoch, None
+        sums = EpochSums(self.device, partial)
+        if partial is not None:  # resuming inside this epoch, from a mid-epoch last.pt
+            batches = self.train_batches.resume_epoch(partial["order"], sums.count)
+        else:
+            batches = iter(self.train_batches)
+        last_saved = self.clock()
+        desc = f"{cfg.train.method} epoch {epoch}"
+        bar = EpochBar(iters, desc, self.progress, self.bar_position, self.clock, shown_at=last_saved)
+        save_every = 60.0 * cfg.train.checkpoint_minutes
+
+        def on_inner_step(inner_now: int) -> None:
+            if bar.due():
+                self._show(bar, sums, inner_now)
+
+        self.strategy.on_inner_step = on_inner_step if self.progress else None
+        start = time.perf_counter()
+        bar.advance(sums.count)
+        for x, rows in (on_device(self.device, b) for b in batches):
+            sums.beta = kl_weight(st.step, cfg.train, iters, st.cycle_epochs)
+            stats = self.strategy.step(x, sums.beta, rows)
+            st.step += 1
+            due = save_every > 0 and self.clock() - last_saved >= save_every
+            step_loss: Tensor | float = stats.loss
+            if self.world.distributed:
+                # One small all-reduce a step: the global loss, and a checkpoint or stop if any rank asks
+                stop, due_any, step_loss = self.world.agree([run.stop_requested, due, float(stats.loss)])
+                run.stop_requested, due = stop > 0, due_any > 0
+            sums.add(step_loss, stats.inner_steps)
+            if self.world.distributed and not np.isfinite(step_loss):
+                self._show(bar, sums)  # raises NonFiniteLossError on every rank at the same step
+            if self.tensorboard is not None and st.step % cfg.log.every_steps == 0:
+                self.tensorboard.step_loss(st.step, float(step_loss))
+            if sums.count == iters or bar.due():
+                self._show(bar, sums)
+            if epoch == 0 and snap_every and st.step % snap_every == 0 and st.step < iters:
+                sums.seconds += time.perf_counter() - start
+                self._snapshot(epoch)
+                start = time.perf_counter()
+            if sums.count < iters and (due or run.stop_requested):
+                seconds = sums.seconds + time.perf_counter() - start
+                self.checkpoints.save_last(st, sums.partial_epoch(self.train_batches.epoch_order(), seconds))
+                last_saved = self.clock()
+                if run.stop_requested:
+                    bar.close()
+                    raise Preempted(
+                        f"stopped by SIGTERM after step {st.step} (epoch {epoch}); {self.folder.file(LAST)} holds "
+                        "it: rerun with --resume to continue"
+                    )
+        sums.seconds += time.perf_counter() - start
+        bar.close()
+        return {
+            "train_loss": sums.mean_loss(),
+            "kl_weight": sums.beta,
+            "inner_steps": sums.mean_inner(),
+            "seconds": sums.seconds,
+        }
+
+    def _show(self, bar: EpochBar, sums: EpochSums, inner_now: int | None = None) -> None:
+        """Refresh the epoch's bar (one host sync); a NaN/inf running loss stops the run here."""
+        mean_loss = sums.mean_loss()
+        if sums.count and not np.isfinite(mean_loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {self.state.step}; checkpoints already saved in "
+                f"{self.folder.path} are intact (try a lower train.lr or train.clip_grad)"
+            )
+        bar.show(sums, mean_loss, self.strategy.aggressive, inner_now)
+
+    def _validate(self, val_batches: ShardedBatches, epoch: int) -> dict[str, float]:
+        batches = self._progress(val_batches, f"validation after epoch {epoch}")
+        posterior = self.strategy.posterior
+        cfg = self.config
+        val = evaluate(self.model, batches, world=self.world, mi_full_max=cfg.eval.mi_full_max, posterior=posterior)
+        if not np.isfinite(val["elbo"]):
+            raise NonFiniteLossError(
+                f"non-finite validation ELBO after epoch {epoch}; "
+                f"checkpoints already saved in {self.folder.path} are intact"
+            )
+        return val
+
+    def _progress(self, batches: ShardedBatches, desc: str) -> Iterable[Batch]:
+        return with_progress(batches, self.device, desc, self.progress, self.bar_position)
+
+    def _snapshot(self, epoch: int) -> None:
+        if self.tracker is None:  # no 1-2-d latent, or not rank 0
+            return
+        self.tracker.snapshot(self.model, self.state.step, epoch)
+        arrays = self.tracker.arrays()
+        atomic_write(self.folder.file(POSTERIOR_NPZ), lambda f: np.savez(f, **arrays))
+        plot_posterior_means(arrays, self.folder.file(POSTERIOR_PNG), title=self.config.train.method)
 
     def _sound_alarm(self, record: dict[str, Any]) -> None:
         """Record the collapse alarm the validations raise (`alarm`), and announce it when it begins."""
@@ -157,84 +296,18 @@ class Trainer(Checkpoints):
             aggressive = self.strategy.aggressive if isinstance(self.strategy, AggressiveStrategy) else None
             log.warning(alarm_message(kind, record, e.alarm_epochs, aggressive))
 
-    def _epochs(self, val_batches: ShardedBatches) -> None:
-        cfg, st = self.config, self.state
-        while st.epoch < cfg.train.epochs and not st.stopped:
-            epoch = st.epoch
-            aggressive = self.strategy.aggressive
-            lr = self.lr_rule.lr
-            train = self._train_epoch(epoch)
-            start = time.perf_counter()
-            batches = self._progress(val_batches, f"validation after epoch {epoch}")
-            posterior = self.strategy.posterior
-            val = evaluate(self.model, batches, world=self.world, mi_full_max=cfg.eval.mi_full_max, posterior=posterior)
-            if not np.isfinite(val["elbo"]):
-                raise NonFiniteLossError(
-                    f"non-finite validation ELBO after epoch {epoch}; "
-                    f"checkpoints already saved in {self.folder.path} are intact"
-                )
-            self.strategy.end_epoch(val)
-            decision = self.lr_rule.update(epoch, -val["elbo"])
-            st.train_seconds += train["seconds"] + time.perf_counter() - start
-            record = {
-                "step": st.step,
-                "epoch": epoch,
-                "kl_weight": train["kl_weight"],
-                "aggressive": aggressive,
-                "lr": lr,
-                **{k: val[k] for k in ("elbo", "rec", "kl", "mi", "mi_full", "mi_full_n", "au", "ppl") if k in val},
-                "train_loss": train["train_loss"],
-                "inner_steps": train["inner_steps"],
-                "train_seconds": st.train_seconds,
-            }
-            self._sound_alarm(record)
-            st.history.append(record)
-            if decision.improved:
-                st.best_epoch = epoch
-            if self.main:
-                self.folder.append_metrics(record)
-                if self.tensorboard is not None:
-                    self.tensorboard.epoch(record)
-                if decision.improved:
-                    best = {"model": self.model.state_dict(), "epoch": epoch}
-                    checkpoint.save_atomic(best, self.folder.file(BEST))
-            if decision.decay:
-                self._load_best()
-                set_lr(self.strategy, self.lr_rule.lr)
-                for opt in self.strategy.optimizers():
-                    opt.state.clear()  # momentum or Adam moments belong to the weights just discarded
-            st.epoch += 1
-            if epoch < cfg.eval.snapshot_epochs:
-                self._snapshot(epoch)
-            st.stopped = decision.stop
-            self._save_last()
-
+    # ---- testing -----------------------------------------------------------------------------------------
     def test(self) -> dict[str, Any]:
         """Reload the best-validation model and write final.json with IW-NLL (K = eval.iw_samples) on test."""
-        self._load_best()
+        self.checkpoints.load_best()
         metrics, index, nll = test_metrics(
             self.model, self.strategy.posterior, self.splits.test, self.config, self.world, self.device,
             self.progress, self.bar_position,
         )  # fmt: skip
         st = self.state
-        results = final_results(metrics, self.config, st.history, st.train_seconds, st.best_epoch, self._provenance())
+        results = final_results(
+            metrics, self.config, st.history, st.train_seconds, st.best_epoch, self.run.provenance()
+        )
         if self.main:
             self.folder.write_final(results, index, nll)
         return results
-
-
-@contextmanager
-def _sigterm_sets(trainer: Trainer) -> Iterator[None]:
-    """While training, SIGTERM (a scheduler's preemption) asks for a checkpoint at the next step boundary."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
-        return
-
-    def request_stop(signum: int, frame: Any) -> None:
-        trainer._stop_requested = True
-
-    previous = signal.signal(signal.SIGTERM, request_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from lagvae.config import ConfigError
 from lagvae.data import Splits
+from lagvae.errors import ConfigError
 
 
 def fingerprint(split: Any) -> str:

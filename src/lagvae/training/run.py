@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from lagvae.config import ConfigError, RunConfig, apply_override, load_json, to_dict
+from lagvae.config import RunConfig, apply_override, load_json, to_dict
+from lagvae.errors import ConfigError
 from lagvae.training.loop import Trainer
-from lagvae.training.run_folder import (
-    CONFIG,
-    LAST,
-    RunFolder,
-)
-from lagvae.training.world import World, join
+from lagvae.training.run_context import RunContext
+from lagvae.training.run_folder import CONFIG, LAST, RunFolder
 
 log = logging.getLogger("lagvae")
 
@@ -47,15 +43,20 @@ def train_and_evaluate(
     mode = ("yes" if resume else "no") if isinstance(resume, bool) else resume
     if mode not in RESUME_MODES:
         raise ConfigError(f"unknown resume mode {resume!r}; choose from {', '.join(RESUME_MODES)}")
-    world, _ = join(config.device)
-    folder = RunFolder(out_dir)
-    with folder.lock() if world.is_main else nullcontext():  # rank 0 writes the folder for every rank
-        return _train_and_evaluate(config, folder, world, mode, overwrite, bar_position)
+    run = RunContext.join(out_dir, config.device)
+    with run.held():  # rank 0 locks the folder; a failure here is left for the other ranks to quote
+        config, mode = _run_identity(config, run, mode, overwrite)
+        trainer = Trainer(config, run, bar_position=bar_position)
+        if mode == "yes":
+            trainer.resume()
+        trainer.fit()
+        return trainer.test()
 
 
-def _train_and_evaluate(
-    config: RunConfig, folder: RunFolder, world: World, mode: str, overwrite: bool, bar_position: int
-) -> dict[str, Any]:
+def _run_identity(config: RunConfig, run: RunContext, mode: str, overwrite: bool) -> tuple[RunConfig, str]:
+    """The config to train and whether to resume ("yes") or start ("no"), after the folder's run identity is
+    checked; a folder whose run is to be replaced is cleared here."""
+    folder, world = run.folder, run.world
     if overwrite and mode != "no":
         raise ConfigError("--overwrite starts a new run and --resume continues one; choose one")
     if mode == "auto":
@@ -74,11 +75,7 @@ def _train_and_evaluate(
         world.barrier()  # every rank has read the folder before rank 0 clears it
         if world.is_main:
             folder.clear()
-    trainer = Trainer(config, folder.path, bar_position=bar_position)
-    if mode == "yes":
-        trainer.resume()
-    trainer.fit()
-    return trainer.test()
+    return config, mode
 
 
 def _resumed_config(requested: RunConfig, folder: RunFolder) -> RunConfig:

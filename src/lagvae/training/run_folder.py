@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -13,12 +12,8 @@ from typing import Any
 import numpy as np
 
 from lagvae.atomic import atomic_write, save_json_atomic
-from lagvae.config import ConfigError, RunConfig, read_json, to_dict
-
-
-class FolderInUseError(ConfigError):
-    """Another live process is training or testing in this run folder."""
-
+from lagvae.config import RunConfig, read_json, to_dict
+from lagvae.errors import ConfigError, FolderInUseError  # FolderInUseError: also imported from here, as before
 
 CONFIG, VOCAB, METRICS, FINAL = "config.json", "vocab.json", "metrics.jsonl", "final.json"
 DATA_STATS = "data_stats.json"
@@ -56,7 +51,15 @@ class RunFolder:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the folder for this process: a second run or test into it fails at once instead of mixing
-        two runs' files. The OS drops the lock when the process dies, so a killed run never leaves it held."""
+        two runs' files. The OS drops the lock when the process dies, so a killed run never leaves it held.
+
+        The lock is POSIX flock; where the platform has no fcntl module (Windows) the folder is not locked,
+        and every command still imports and runs."""
+        try:
+            import fcntl  # here, not at the top: train, eval and compare must import where fcntl does not exist
+        except ImportError:
+            yield
+            return
         made = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,13 @@ class RunFolder:
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.file(METRICS).open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """metrics.jsonl anew from a resumed run's history: a crash after an epoch's record was appended but
+        before last.pt was written would otherwise leave that record twice."""
+        self.file(METRICS).unlink(missing_ok=True)
+        for record in records:
+            self.append_metrics(record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.file(METRICS)

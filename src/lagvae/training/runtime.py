@@ -6,7 +6,8 @@ import os
 
 import torch
 
-from lagvae.config import ConfigError, RunConfig
+from lagvae.config import RunConfig
+from lagvae.errors import ConfigError
 
 MAX_AUTO_THREADS = 8
 

@@ -10,20 +10,22 @@ from torch import Tensor
 
 from lagvae import draws
 from lagvae.config import TrainConfig
+from lagvae.distributed import SINGLE, World
 from lagvae.draws import Rows
 from lagvae.inference import Posterior, Refined, svi_refine
 from lagvae.models.vae import VAE
 from lagvae.training.strategies import Batch, JointStrategy, KLTerm, StepStats, _stats, plain_kl, shard_mean
-from lagvae.training.world import SINGLE, World
 
 
 def svi_options(t: TrainConfig) -> dict[str, Any]:
-    """svi_refine's keyword options for a run configured by `t` (its SVI steps, step size and clip)."""
+    """svi_refine's keyword options for a run configured by `t` (its SVI steps, step size and clip): the one
+    place they come from, for training and for a finished run's posterior alike."""
     return {
         "steps": t.svi_steps,
-        # Kim et al. step on the batch-mean loss, so lr 1 there is lr 1/B on one example's ELBO. Taking lr 1
-        # per example (B times theirs) let the refined log-variance run off to overflow in 3 of 6 grid runs.
-        "lr": t.svi_lr / t.batch_size,
+        # Kim et al. step on the batch-mean loss, so lr 1 there is lr 1/B on one example's ELBO; svi_refine
+        # divides by B, the size of the batch it refines (the epoch's last can be short). Taking lr 1 per
+        # example (B times theirs) let the refined log-variance run off to overflow in 3 of 6 grid runs.
+        "lr": t.svi_lr,
         "momentum": t.svi_momentum,
         "max_grad_norm": t.svi_max_grad_norm,
         "clip": t.svi_clip,
@@ -32,13 +34,14 @@ def svi_options(t: TrainConfig) -> dict[str, Any]:
 
 class SemiAmortizedStrategy(JointStrategy):
     """SA-VAE (Kim et al. 2018): the encoder's (mu, logvar) start SVI steps on each x's ELBO (`svi`:
-    svi_refine's options).
+    svi_refine's options, `svi_options(train config)`).
 
-    As Kim et al. by default: the SVI objective carries the current KL weight (`anneal`), the loss at the
-    refined lambda_K is differentiated through the unrolled steps into the encoder and the decoder
-    (`decoder_through`), and the SVI gradients are clipped per batch (`clip`). With decoder_through off,
-    the decoder steps on the loss at lambda_K held fixed (lagvae's earlier choice). Metrics use the refined
-    posterior too, at KL weight 1 (`posterior`).
+    As Kim et al. by default: the SVI objective carries the current KL weight (`anneal`), and the loss at
+    the refined lambda_K is differentiated through the unrolled steps into the encoder and the decoder
+    (`decoder_through`). Unlike Kim's, the SVI gradients are clipped per example by default
+    (train.svi_clip=example); Kim's per-batch clip (svi_clip=batch) let one example's log-variance run off
+    (docs/DESIGN.md, "SA-VAE"). With decoder_through off, the decoder steps on the loss at lambda_K held
+    fixed (lagvae's earlier choice). Metrics use the refined posterior too, at KL weight 1 (`posterior`).
     """
 
     def __init__(
@@ -47,14 +50,14 @@ class SemiAmortizedStrategy(JointStrategy):
         enc_opt: torch.optim.Optimizer,
         dec_opt: torch.optim.Optimizer,
         clip_grad: float,
-        svi: dict[str, Any] | None = None,
+        svi: dict[str, Any],
         kl_term: KLTerm = plain_kl,
         world: World = SINGLE,
         anneal: bool = True,
         decoder_through: bool = True,
     ) -> None:
         super().__init__(model, enc_opt, dec_opt, clip_grad, kl_term, world)
-        self.svi: dict[str, Any] = dict(svi or {})
+        self.svi: dict[str, Any] = dict(svi)
         if world.distributed:  # the batch clip's norm spans the global batch
             self.svi["reduce"] = world.all_reduce_
         self.anneal = anneal

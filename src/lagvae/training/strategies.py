@@ -11,12 +11,12 @@ from torch import Tensor
 
 from lagvae import draws
 from lagvae.config import TrainConfig
+from lagvae.distributed import SINGLE, World
 from lagvae.draws import Rows
 from lagvae.inference import Posterior, amortized
 from lagvae.models.vae import VAE
 from lagvae.objectives import elbo, free_bits_kl
 from lagvae.training.flat_grads import FlatGrads
-from lagvae.training.world import SINGLE, World
 
 KLTerm = Callable[[Tensor], Tensor]  # KL per dimension [B, D] -> the per-example KL term in the loss [B]
 
