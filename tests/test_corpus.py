@@ -216,7 +216,7 @@ def test_a_realistic_corpus_fits_in_memory_by_default(tmp_path):
     )
     args = ["train", "text", "--size", "cpu", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]
     args += ["--threads", "1", "--set", f"data.path={folder}", "--set", "eval.iw_samples=20"]
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     peak_gb = int(result.stdout.strip().splitlines()[-1]) / 2**20
     assert peak_gb < 3.0, peak_gb

@@ -98,5 +98,7 @@ def test_importing_lagvae_plots_keeps_the_matplotlib_backend():
         "print(before, matplotlib.get_backend())"
     )
     env = {**os.environ, "MPLBACKEND": "svg"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, timeout=60
+    ).stdout
     assert out.split() == ["svg", "svg"]

@@ -86,5 +86,5 @@ def test_importing_the_math_does_not_load_the_training_loop_or_matplotlib():
 
     heavy = "{'matplotlib', 'lagvae.training.loop'}"
     code = f"import sys, lagvae.objectives, lagvae.metrics; print(sorted({heavy} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.strip() == "[]"

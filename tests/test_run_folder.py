@@ -206,7 +206,7 @@ def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
     children = _children(parent.pid)  # the worker and multiprocessing's resource tracker
     assert children
     parent.send_signal(signal.SIGKILL)
-    parent.wait()
+    parent.wait(timeout=60)
     deadline = time.monotonic() + 60
     while not (cell / "error.txt").exists():
         assert time.monotonic() < deadline, "the orphaned worker kept training"
