@@ -26,6 +26,7 @@ from lagvae.training.alarm import alarm_message, collapse_alarm
 from lagvae.training.build import build_strategy, set_lr, validate
 from lagvae.training.epoch import EpochBar, EpochSums
 from lagvae.training.evaluation import eval_batches, final_results, test_metrics, with_progress
+from lagvae.training.finite import check_loss
 from lagvae.training.lr_rule import PlateauHalving
 from lagvae.training.provenance import data_fingerprints
 from lagvae.training.resume import Checkpoints, TrainState, restore_snapshots
@@ -254,11 +255,7 @@ class Trainer:
     def _show(self, bar: EpochBar, sums: EpochSums, inner_now: int | None = None) -> None:
         """Refresh the epoch's bar (one host sync); a NaN/inf running loss stops the run here."""
         mean_loss = sums.mean_loss()
-        if sums.count and not np.isfinite(mean_loss):
-            raise NonFiniteLossError(
-                f"non-finite training loss at step {self.state.step}; checkpoints already saved in "
-                f"{self.folder.path} are intact (try a lower train.lr or train.clip_grad)"
-            )
+        check_loss(mean_loss if sums.count else None, self.state.step, self.folder.path)
         bar.show(sums, mean_loss, self.strategy.aggressive, inner_now)
 
     def _validate(self, val_batches: ShardedBatches, epoch: int) -> dict[str, float]:
