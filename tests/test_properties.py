@@ -313,6 +313,8 @@ def test_shards_partition_every_global_batch(kind: str, n: int, seed: int, data:
         )
         sharded = ShardedBatches(source, rank, world)
         shards.append([*sharded, sharded.sample()])
+        # what the IW test's progress counts: this rank's rows of one epoch
+        assert sharded.rows_per_epoch() == sum(len(x) for x, _ in shards[-1][:-1])
     for i, batch in enumerate(whole):
         parts = [stream[i] for stream in shards]
         assert torch.equal(torch.cat([x for x, _ in parts]), batch)

@@ -35,6 +35,11 @@ class IndexBatches:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
+    def batch_sizes(self) -> list[int]:
+        """The sizes of an epoch's batches: every cut splits its order into runs of batch_size."""
+        full, last = divmod(len(self.data), self.batch_size)
+        return [self.batch_size] * full + ([last] if last else [])
+
     def __iter__(self) -> Iterator[Tensor]:
         self._batches = self._cut()
         for idx in self._batches:
@@ -86,6 +91,11 @@ class ShardedBatches:
 
     def sample(self) -> tuple[Tensor, Rows | None]:
         return self._shard(self.source.sample())
+
+    def rows_per_epoch(self) -> int:
+        """This process's rows over one epoch: its shard of every batch."""
+        bounds = (shard_bounds(n, self.world_size) for n in self.source.batch_sizes())
+        return sum(b[self.rank + 1] - b[self.rank] for b in bounds)
 
     def epoch_order(self) -> list[Tensor]:
         return self.source.epoch_order()

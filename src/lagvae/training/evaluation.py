@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from lagvae.config import RunConfig
 from lagvae.data import Dataset
-from lagvae.data.batches import ShardedBatches, shard_bounds
+from lagvae.data.batches import ShardedBatches
 from lagvae.distributed import World
 from lagvae.inference import Posterior
 from lagvae.metrics import evaluate
@@ -47,12 +47,6 @@ def with_progress(
     )
 
 
-def local_examples(n: int, batch_size: int, world: World) -> int:
-    """How many of the n examples this rank evaluates: its rows of each in-order batch (eval_batches's cut)."""
-    sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
-    return sum(b[world.rank + 1] - b[world.rank] for b in (shard_bounds(m, world.size) for m in sizes))
-
-
 def rough_duration(seconds: float) -> str:
     """A rough duration for people: '40 s', '12 min', '2 h 10 min'."""
     if seconds < 59.5:
@@ -72,12 +66,18 @@ class IWProgress:
     """
 
     def __init__(
-        self, config: RunConfig, n: int, world: World, device: torch.device, enabled: bool, position: int
+        self,
+        config: RunConfig,
+        batches: ShardedBatches,
+        world: World,
+        device: torch.device,
+        enabled: bool,
+        position: int,
     ) -> None:
         e = config.eval
         self.k = e.iw_samples if config.model.latent_dim > 0 else 1  # no latent: one sample is exact
-        self.n = n
-        self.local = local_examples(n, e.batch_size or config.train.batch_size, world)
+        self.n = len(batches.source.data)
+        self.local = batches.rows_per_epoch()
         self.device = device
         self.announce = world.is_main
         self.bar = tqdm(
@@ -153,7 +153,7 @@ def test_metrics(
     example's index in the split and its IW-NLL (both empty when iw_samples is 0)."""
     e = config.eval
     sharded = eval_batches(test, config, world)
-    iw = IWProgress(config, len(test), world, device, progress, position) if e.iw_samples > 0 else None
+    iw = IWProgress(config, sharded, world, device, progress, position) if e.iw_samples > 0 else None
     batches = iw.batches(sharded) if iw else with_progress(sharded, device, "test", progress, position)
     nll: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
