@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lagvae.config import ModelConfig, RunConfig, TrainConfig
+from lagvae.config import CyclicalConfig, ModelConfig, RunConfig, SAVAEConfig, TrainConfig
 from lagvae.experiments.presets import make_config
 from lagvae.inference import Refined, svi_refine
 from lagvae.metrics import evaluate, iw_log_likelihood
@@ -31,12 +31,12 @@ def test_cyclical_schedule_values_and_period():
 
 
 def test_cyclical_method_spreads_n_cycles_over_the_run():
-    train = TrainConfig(schedule="cyclical", epochs=8, n_cycles=4, cycle_ratio=0.5)
+    train = TrainConfig(schedule="cyclical", epochs=8, cyclical=CyclicalConfig(n_cycles=4, ratio=0.5))
     iters = 10  # 80 steps, period 20
     weights = [kl_weight(t, train, iters) for t in range(80)]
     assert [t for t, w in enumerate(weights) if w == 0.0] == [0, 20, 40, 60]
     # a resume with more epochs keeps the period the run started with (passed as cycle_epochs)
-    longer = TrainConfig(schedule="cyclical", epochs=12, n_cycles=4, cycle_ratio=0.5)
+    longer = TrainConfig(schedule="cyclical", epochs=12, cyclical=CyclicalConfig(n_cycles=4, ratio=0.5))
     assert [kl_weight(t, longer, iters, cycle_epochs=8) for t in range(80)] == weights
 
 
@@ -113,7 +113,7 @@ def test_svi_steps_are_bounded_and_use_kims_batch_mean_learning_rate():
     mu, logvar = svi_refine(vae, x, mu0, logvar0, steps=6, lr=1.0, momentum=0.5, max_grad_norm=2.0, clip="batch")
     bound = 1.0 * 2.0 * 6 / (1 - 0.5)
     assert 0.5 * bound < float((mu - mu0).norm()) <= bound and float((logvar - logvar0).norm()) <= bound
-    train = TrainConfig(strategy="savae", batch_size=32, svi_lr=1.0, svi_steps=7)
+    train = TrainConfig(strategy="savae", batch_size=32, savae=SAVAEConfig(lr=1.0, steps=7))
     options = SemiAmortizedStrategy._options(train, lambda: (x, None))
     svi = options["svi"]
     assert svi == svi_options(train)
@@ -205,11 +205,12 @@ def test_savae_svi_objective_carries_the_annealed_kl_weight(monkeypatch):
     for anneal in (True, False):
         model = build_model(ModelConfig(8, 8, 8, 2, 0.0, 0.0), vocab_size=12)
         opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (model.encoder, model.decoder)]
-        SemiAmortizedStrategy(model, *opts, 5.0, svi_options(TrainConfig(svi_steps=2)), anneal=anneal).step(x, 0.3)
+        svi = svi_options(TrainConfig(savae=SAVAEConfig(steps=2)))
+        SemiAmortizedStrategy(model, *opts, 5.0, svi, anneal=anneal).step(x, 0.3)
     assert seen == [0.3, 1.0]
     mu0, logvar0 = torch.zeros(4, 2), torch.zeros(4, 2)
     torch.manual_seed(1)
-    svi = svi_options(TrainConfig(svi_steps=3, svi_lr=2.0))
+    svi = svi_options(TrainConfig(savae=SAVAEConfig(steps=3, lr=2.0)))
     weak = svi_refine(model, x, mu0, logvar0, **svi, kl_weight=0.1)[0]
     torch.manual_seed(1)
     assert not torch.allclose(weak, svi_refine(model, x, mu0, logvar0, **svi, kl_weight=1.0)[0])
@@ -220,7 +221,7 @@ def test_savae_strategy_steps_both_networks_and_metrics_use_the_refined_posterio
     model = build_model(ModelConfig(8, 8, 8, 2, 0.0, 0.0), vocab_size=12)
     enc = torch.optim.SGD(model.encoder.parameters(), lr=0.5)
     dec = torch.optim.SGD(model.decoder.parameters(), lr=0.5)
-    strategy = SemiAmortizedStrategy(model, enc, dec, 5.0, svi_options(TrainConfig(svi_steps=3)))
+    strategy = SemiAmortizedStrategy(model, enc, dec, 5.0, svi_options(TrainConfig(savae=SAVAEConfig(steps=3))))
     x = torch.randint(4, 12, (4, 6))
     before = [p.detach().clone() for p in model.parameters()]
     stats = strategy.step(x, 1.0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lagvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from lagvae.config import DataConfig, ModelConfig, RunConfig, SAVAEConfig, TrainConfig
 from lagvae.data import build_data, describe
 from lagvae.draws import Rows, sharded
 from lagvae.errors import NonFiniteLossError
@@ -130,8 +130,8 @@ def _svi_setup(rows: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, 
 def test_svi_steps_with_the_size_of_the_batch_it_refines_not_train_batch_size():
     # One SVI step without momentum or a biting clip: mu_1 = mu_0 + (svi_lr / B) grad_mu ELBO(x_i), B the
     # size of the batch refined: 5 here (an epoch's short last batch), where train.batch_size is 8.
-    train = TrainConfig(strategy="savae", batch_size=8, svi_steps=1, svi_lr=0.7, svi_momentum=0.0)
-    train.svi_max_grad_norm = 1e9
+    svi = SAVAEConfig(steps=1, lr=0.7, momentum=0.0, max_grad_norm=1e9)
+    train = TrainConfig(strategy="savae", batch_size=8, savae=svi)
     vae, x, mu0, logvar0, eps = _svi_setup(5)
     mu, logvar = mu0.clone().requires_grad_(), logvar0.clone().requires_grad_()
     z = (mu + (0.5 * logvar).exp() * eps).unsqueeze(1)
@@ -157,10 +157,10 @@ def test_svi_has_no_numbers_of_its_own_every_train_svi_field_reaches_it():
 
     def refined(**fields: object) -> torch.Tensor:
         torch.manual_seed(0)
-        return build_posterior(RunConfig(train=TrainConfig(strategy="savae", **fields)))(vae, x)[0]  # type: ignore[arg-type]
+        return build_posterior(RunConfig(train=TrainConfig(strategy="savae", savae=SAVAEConfig(**fields))))(vae, x)[0]  # type: ignore[arg-type]
 
     base = refined()
-    changed = {"svi_steps": 3, "svi_lr": 0.5, "svi_momentum": 0.9, "svi_max_grad_norm": 50.0, "svi_clip": "batch"}
+    changed = {"steps": 3, "lr": 0.5, "momentum": 0.9, "max_grad_norm": 50.0, "clip": "batch"}
     for name, value in changed.items():
         assert not torch.allclose(refined(**{name: value}), base), name
 

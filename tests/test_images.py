@@ -209,7 +209,7 @@ def test_mi_patience_counts_every_epoch_below_the_best_as_the_authors_do():
     def run(patience: int, mis: list[float]) -> list[bool]:
         s = AggressiveStrategy.__new__(AggressiveStrategy)
         s.aggressive, s.previous_mi, s.best_mi, s.mi_not_improved, s.mi_patience = True, 0.0, 0.0, 0, patience
-        s.switch_on = "mi_full"  # train.agg_switch_on: the rule reads this estimate, not the other
+        s.switch_on = "mi_full"  # train.aggressive.switch_on: the rule reads this estimate, not the other
         states = []
         for mi in mis:
             s.end_epoch({"mi": 0.0, "mi_full": mi})

@@ -144,7 +144,7 @@ def test_resume_and_eval_refuse_changed_data(run, capsys):
     assert _train(out, "--resume", "--epochs", "3") == 2
 
 
-def test_config_schema_is_saved_and_old_files_load_as_version_0(run):
+def test_config_schema_is_saved_and_old_files_load_translated(run):
     from lagvae.config import SCHEMA_VERSION, load_json
 
     out = run
@@ -152,7 +152,7 @@ def test_config_schema_is_saved_and_old_files_load_as_version_0(run):
     assert saved["schema"] == SCHEMA_VERSION
     del saved["schema"]
     (out / "config.json").write_text(json.dumps(saved))
-    assert load_json(out / "config.json").schema == 0
+    assert load_json(out / "config.json").schema == SCHEMA_VERSION  # version 0, translated on load
     assert _train(out, "--resume", "--epochs", "3") == 0  # an old run still resumes
     saved["schema"] = SCHEMA_VERSION + 1
     (out / "config.json").write_text(json.dumps(saved))

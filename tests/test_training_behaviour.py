@@ -14,7 +14,7 @@ import torch
 
 import lagvae.training.loop as loop
 from lagvae.cli import main
-from lagvae.config import ConfigError, TrainConfig, to_dict
+from lagvae.config import ConfigError, TrainConfig, flatten, to_dict
 from lagvae.experiments.compare import Grid, parse_method, plan_commands
 from lagvae.experiments.presets import make_config
 from lagvae.training.schedules import kl_weight
@@ -304,10 +304,10 @@ def test_explicit_split_files_override_those_in_data_path(tmp_path: Path) -> Non
         ("beta-anneal=0.5", "unknown method 'beta-anneal'"),
         ("vae=1", "method 'vae' takes no parameter (only beta, free-bits, savae do)"),
         ("beta=x", "method 'beta=x': train.beta: cannot read 'x' as float"),
-        ("savae=1.5", "method 'savae=1.5': train.svi_steps: cannot read '1.5' as int"),
+        ("savae=1.5", "method 'savae=1.5': train.savae.steps: cannot read '1.5' as int"),
         ("free-bits=-1", "method 'free-bits=-1': train.free_bits must be >= 0, got -1.0"),
         ("beta=-0.5", "method 'beta=-0.5': train.beta must be >= 0, got -0.5"),
-        ("savae=-2", "method 'savae=-2': train.svi_steps must be >= 0, got -2"),
+        ("savae=-2", "method 'savae=-2': train.savae.steps must be >= 0, got -2"),
     ],
 )
 def test_bad_method_specs_are_one_line_errors(spec: str, message: str) -> None:
@@ -341,8 +341,9 @@ def test_train_refuses_a_negative_free_bits_target(tmp_path: Path, capsys: pytes
         ("beta=0.8", "beta", "beta", {"beta": 0.8, "schedule": "constant", "strategy": "joint"}),
         ("beta=0", "beta", "beta", {"beta": 0.0, "schedule": "constant"}),
         ("free-bits=0.5", "free-bits", "free_bits", {"free_bits": 0.5, "kl_term": "free-bits", "strategy": "joint"}),
-        ("savae=5", "savae", "svi_steps", {"svi_steps": 5, "strategy": "savae", "kl_start": 1.0}),
-        ("savae=0", "savae", "svi_steps", {"svi_steps": 0, "strategy": "savae"}),  # K = 0: the encoder's q, unrefined
+        ("savae=5", "savae", "savae.steps", {"savae.steps": 5, "strategy": "savae", "kl_start": 1.0}),
+        # K = 0: the encoder's q, unrefined
+        ("savae=0", "savae", "savae.steps", {"savae.steps": 0, "strategy": "savae"}),
         ("aggressive-anneal", "aggressive-anneal", None, {"strategy": "aggressive", "kl_start": 0.1, "warm_up": 10}),
     ],
 )
@@ -353,12 +354,11 @@ def test_method_specs_set_their_config_fields(
     assert name == method
     config = make_config("synthetic", name, overrides=overrides)
     assert config.train.method == method
-    assert {key: getattr(config.train, key) for key in fields} == fields
+    flat = flatten(to_dict(config.train))
+    assert {key: flat[key] for key in fields} == fields
     # the parameter sets its one field and nothing else of the method's own configuration
-    plain = make_config("synthetic", name).train
-    assert {key for key, value in vars(config.train).items() if value != getattr(plain, key)} == (
-        {field} if field else set()
-    )
+    plain = flatten(to_dict(make_config("synthetic", name).train))
+    assert {key for key, value in flat.items() if value != plain[key]} == ({field} if field else set())
 
 
 def test_a_grid_passes_each_methods_parameter_to_its_runs(tmp_path: Path) -> None:
@@ -367,8 +367,8 @@ def test_a_grid_passes_each_methods_parameter_to_its_runs(tmp_path: Path) -> Non
     assert len(specs) == 8
     assert specs[("free-bits=0.5", 1)].method == "free-bits"
     assert specs[("free-bits=0.5", 1)].overrides == ("train.free_bits=0.5", "x.y=1")  # the method's own first
-    assert specs[("savae=3", 0)].overrides == ("train.svi_steps=3", "x.y=1")
+    assert specs[("savae=3", 0)].overrides == ("train.savae.steps=3", "x.y=1")
     assert specs[("vae", 0)].overrides == ("x.y=1",)
     assert specs[("beta=0.2", 0)].out == tmp_path / "beta=0.2" / "seed0"
     lines = [line for line in plan_commands(grid) if "--method savae" in line]
-    assert len(lines) == 2 and all("--set train.svi_steps=3 --set x.y=1" in line for line in lines)
+    assert len(lines) == 2 and all("--set train.savae.steps=3 --set x.y=1" in line for line in lines)

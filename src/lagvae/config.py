@@ -60,6 +60,46 @@ class ModelConfig:
 
 
 @dataclass
+class CyclicalConfig:
+    """train.cyclical: Fu et al.'s (2019) cyclical KL schedule (train.schedule=cyclical)."""
+
+    n_cycles: int = 4  # cycles over the whole run
+    ratio: float = 0.5  # fraction of each cycle spent rising
+    shape: str = "linear"  # linear | cosine | sigmoid
+
+
+@dataclass
+class AggressiveConfig:
+    """train.aggressive: the encoder-only inner loop and its switch-off (train.strategy=aggressive)."""
+
+    window: int = 15  # inner steps per window when comparing the encoder loss
+    max_inner: int = 100
+    # 0: switch aggressive off at the first fall of validation I_q (the text rule); N > 0: after N epochs
+    # without a new best I_q (the paper's OMNIGLOT rule, N = 5)
+    mi_patience: int = 0
+    # which validation I_q estimate drives that switch-off: the paper's per-minibatch `mi`, or `mi_full`
+    switch_on: str = "mi"
+
+
+@dataclass
+class SAVAEConfig:
+    """train.savae: SA-VAE's SVI refinement (Kim et al. 2018; train.strategy=savae)."""
+
+    steps: int = 20  # SVI steps per example (Kim et al.'s text setting)
+    # Kim et al.'s SVI lr, on the batch-MEAN loss: each example steps lr / B on its own ELBO, B the global size
+    # of the batch being refined (an epoch's last batch can be short; at evaluation, the evaluation batch)
+    lr: float = 1.0
+    momentum: float = 0.5
+    max_grad_norm: float = 5.0
+    # Kim et al.'s choices by default but the clip; the other choices stay selectable (docs/DESIGN.md, "SA-VAE").
+    # example: each x's joint (mu, logvar) gradient; batch (Kim's): mu's and logvar's batch-mean gradients,
+    # which let one example's logvar run off (KL 1.8e20 in epoch 0 of the synthetic preset, seed 0)
+    clip: str = "example"
+    anneal: bool = True  # the SVI objective uses the current KL weight (else weight 1)
+    decoder_through: bool = True  # the decoder's gradient also flows through the unrolled SVI steps
+
+
+@dataclass
 class TrainConfig:
     """The optimisation: method pieces, optimisers, KL schedule, aggressive loop and learning-rate rule."""
 
@@ -77,29 +117,10 @@ class TrainConfig:
     kl_start: float = 1.0  # 1.0 means no annealing
     warm_up: int = 10  # epochs of linear KL annealing from kl_start to 1
     beta: float = 1.0  # the constant KL weight of `beta`
-    n_cycles: int = 4  # cyclical: cycles over the whole run
-    cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent rising
-    cycle_shape: str = "linear"  # cyclical: linear | cosine | sigmoid
     free_bits: float = 0.1  # free-bits target lambda, nats per latent dimension
-    svi_steps: int = 20  # SA-VAE: SVI steps per example (Kim et al.'s text setting)
-    # Kim et al.'s SVI lr, on the batch-MEAN loss: each example steps svi_lr / B on its own ELBO, B the global size
-    # of the batch being refined (an epoch's last batch can be short; at evaluation, the evaluation batch)
-    svi_lr: float = 1.0
-    svi_momentum: float = 0.5
-    svi_max_grad_norm: float = 5.0
-    # Kim et al.'s choices by default but the clip; the other choices stay selectable (docs/DESIGN.md, "SA-VAE").
-    # example: each x's joint (mu, logvar) gradient; batch (Kim's): mu's and logvar's batch-mean gradients,
-    # which let one example's logvar run off (KL 1.8e20 in epoch 0 of the synthetic preset, seed 0)
-    svi_clip: str = "example"
-    svi_anneal: bool = True  # the SVI objective uses the current KL weight (else weight 1)
-    svi_decoder_through: bool = True  # the decoder's gradient also flows through the unrolled SVI steps
-    agg_window: int = 15  # inner steps per window when comparing the encoder loss
-    agg_max_inner: int = 100
-    # 0: switch aggressive off at the first fall of validation I_q (the text rule); N > 0: after N epochs
-    # without a new best I_q (the paper's OMNIGLOT rule, N = 5)
-    agg_mi_patience: int = 0
-    # which validation I_q estimate drives that switch-off: the paper's per-minibatch `mi`, or `mi_full`
-    agg_switch_on: str = "mi"
+    cyclical: CyclicalConfig = field(default_factory=CyclicalConfig)
+    aggressive: AggressiveConfig = field(default_factory=AggressiveConfig)
+    savae: SAVAEConfig = field(default_factory=SAVAEConfig)
     lr_decay: float = 0.5
     lr_patience: int = 2  # epochs without validation improvement before a decay
     lr_decay_min_epoch: int = 15  # no decay before this epoch (the paper's text setting)
@@ -141,7 +162,20 @@ class LogConfig:
 
 # The config.json layout. Files without `schema` are version 0 (before it existed); every key added since
 # defaults to the behaviour such files had. Bump it when a default changes, and translate in load_json.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Schema 1's flat train keys and the section fields that replaced them in schema 2. load_json moves them;
+# `--set` and method parameters still accept the old names (README, RESULTS and scripts quote them).
+ALIASES = {
+    **{f"train.agg_{k}": f"train.aggressive.{k}" for k in ("window", "max_inner", "mi_patience", "switch_on")},
+    **{
+        f"train.svi_{k}": f"train.savae.{k}"
+        for k in ("steps", "lr", "momentum", "max_grad_norm", "clip", "anneal", "decoder_through")
+    },
+    "train.n_cycles": "train.cyclical.n_cycles",
+    "train.cycle_ratio": "train.cyclical.ratio",
+    "train.cycle_shape": "train.cyclical.shape",
+}
 
 
 @dataclass
@@ -162,6 +196,14 @@ class RunConfig:
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested `to_dict` tree as {"section.field": value}, the keys `--set` takes."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -205,7 +247,25 @@ def load_json(path: Path) -> RunConfig:
     for section, keys in RETIRED.items():
         for key in keys:
             data.get(section, {}).pop(key, None)
+    if data["schema"] < 2:
+        _move_aliased(data)
+    data["schema"] = SCHEMA_VERSION  # translated: what the object holds is this version's layout
     return from_dict(RunConfig, data)
+
+
+def _move_aliased(data: dict[str, Any]) -> None:
+    """Schema 1 -> 2 in place: each flat `train.agg_*`/`svi_*`/`cycle_*` key moves into its section."""
+    for old, new in ALIASES.items():
+        old_section, old_key = old.split(".")
+        source = data.get(old_section)
+        if isinstance(source, dict) and old_key in source:
+            *path, key = new.split(".")
+            node = data
+            for part in path:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"config section {'.'.join(path)!r} is not a section")
+            node[key] = source.pop(old_key)
 
 
 def _parse_scalar(text: str, hint: Any, key: str) -> Any:
@@ -232,6 +292,7 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} is not of the form key=value (e.g. train.lr=0.5)")
     key, text = assignment.split("=", 1)
+    key = ALIASES.get(key.strip(), key)
     node: Any = config
     parts = key.strip().split(".")
     for depth, part in enumerate(parts):

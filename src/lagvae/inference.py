@@ -64,7 +64,7 @@ def svi_refine(
     encoder's output. `lr` is Kim's, on the batch-MEAN ELBO, so one example steps lr / B on its own, B the
     global size of the batch being refined (`draws.current_rows().total` under several processes, else x's
     rows), which for the last batch of an epoch can be less than train.batch_size. The numbers come from the
-    config (train.svi_*, through `training.savae.svi_options`) and have no defaults here, so nothing can
+    config (train.savae.*, through `training.savae.svi_options`) and have no defaults here, so nothing can
     differ from it. With `create_graph` the steps stay differentiable, so a loss on the refined lambda_K
     backpropagates through them into the encoder and the decoder. `noise` fixes the reparameterisation
     draws (one [B, D] tensor per step), for gradient checks.

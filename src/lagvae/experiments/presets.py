@@ -65,7 +65,7 @@ def _images(name: str, data: str, small: bool) -> RunConfig:
         model.channels, model.enc_features, model.kernels = 16, 64, "5,3"
     train = TrainConfig(optimizer="adam", lr=1e-3, batch_size=50, epochs=200)
     train.lr_patience, train.lr_decay_min_epoch, train.max_decays = 20, 0, 5
-    train.agg_window, train.agg_mi_patience = 10, 5
+    train.aggressive.window, train.aggressive.mi_patience = 10, 5
     evaluation = EvalConfig(posterior_points=0)
     return RunConfig(preset=name, data=DataConfig(name=data), model=model, train=train, eval=evaluation)
 

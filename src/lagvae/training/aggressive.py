@@ -89,10 +89,10 @@ class AggressiveStrategy(JointStrategy):
     def _options(t: TrainConfig, sample_batch: Callable[[], Batch]) -> dict[str, Any]:
         return {
             "sample_batch": sample_batch,
-            "window": t.agg_window,
-            "max_inner": t.agg_max_inner,
-            "mi_patience": t.agg_mi_patience,
-            "switch_on": t.agg_switch_on,
+            "window": t.aggressive.window,
+            "max_inner": t.aggressive.max_inner,
+            "mi_patience": t.aggressive.mi_patience,
+            "switch_on": t.aggressive.switch_on,
         }
 
     def step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> StepStats:

@@ -41,8 +41,8 @@ def alarm_message(kind: str, record: dict[str, Any], epochs: int, aggressive: bo
             remedy = "aggressive mode is still on: give it more epochs"
         else:
             remedy = (
-                "aggressive mode has ended; a longer phase (train.agg_switch_on=mi_full, train.agg_mi_patience) "
-                "or aggressive-anneal may help"
+                "aggressive mode has ended; a longer phase (train.aggressive.switch_on=mi_full, "
+                "train.aggressive.mi_patience) or aggressive-anneal may help"
             )
         return f"posterior collapse after epoch {record['epoch']}: {seen} for {epochs} validations; {remedy}"
     lower = "a lower KL target (free bits lambda, beta)"

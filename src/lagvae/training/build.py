@@ -38,9 +38,9 @@ def validate(config: RunConfig) -> None:
         "train.epochs": t.epochs,
         "train.batch_size": t.batch_size,
         "train.lr": t.lr,
-        "train.agg_window": t.agg_window,
-        "train.agg_max_inner": t.agg_max_inner,
-        "train.n_cycles": t.n_cycles,
+        "train.aggressive.window": t.aggressive.window,
+        "train.aggressive.max_inner": t.aggressive.max_inner,
+        "train.cyclical.n_cycles": t.cyclical.n_cycles,
         "eval.max_memory_mb": e.max_memory_mb,
         "eval.posterior_grid": e.posterior_grid,
         "eval.posterior_range": e.posterior_range,
@@ -52,10 +52,11 @@ def validate(config: RunConfig) -> None:
         if not value > 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     non_negative = {"model.latent_dim": config.model.latent_dim, "eval.iw_samples": e.iw_samples}
-    non_negative |= {"train.agg_mi_patience": t.agg_mi_patience, "train.checkpoint_minutes": t.checkpoint_minutes}
+    non_negative |= {"train.aggressive.mi_patience": t.aggressive.mi_patience}
+    non_negative |= {"train.checkpoint_minutes": t.checkpoint_minutes}
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
     non_negative |= {"eval.mi_full_max": e.mi_full_max, "eval.alarm_epochs": e.alarm_epochs}
-    non_negative |= {"train.beta": t.beta, "train.free_bits": t.free_bits, "train.svi_steps": t.svi_steps}
+    non_negative |= {"train.beta": t.beta, "train.free_bits": t.free_bits, "train.savae.steps": t.savae.steps}
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
@@ -64,17 +65,17 @@ def validate(config: RunConfig) -> None:
         "train.strategy": (t.strategy, tuple(STRATEGIES)),
         "train.schedule": (t.schedule, SCHEDULES),
         "train.kl_term": (t.kl_term, KL_TERMS),
-        "train.cycle_shape": (t.cycle_shape, CYCLE_SHAPES),
-        "train.agg_switch_on": (t.agg_switch_on, ("mi", "mi_full")),
-        "train.svi_clip": (t.svi_clip, ("batch", "example")),
+        "train.cyclical.shape": (t.cyclical.shape, CYCLE_SHAPES),
+        "train.aggressive.switch_on": (t.aggressive.switch_on, ("mi", "mi_full")),
+        "train.savae.clip": (t.savae.clip, ("batch", "example")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"unknown {key} {value!r}; choose from {', '.join(allowed)}")
-    if t.agg_switch_on == "mi_full" and e.mi_full_max == 0:
-        raise ConfigError("train.agg_switch_on=mi_full needs eval.mi_full_max > 0 (it computes mi_full)")
-    if not 0 < t.cycle_ratio <= 1:
-        raise ConfigError(f"train.cycle_ratio must be in (0, 1], got {t.cycle_ratio}")
+    if t.aggressive.switch_on == "mi_full" and e.mi_full_max == 0:
+        raise ConfigError("train.aggressive.switch_on=mi_full needs eval.mi_full_max > 0 (it computes mi_full)")
+    if not 0 < t.cyclical.ratio <= 1:
+        raise ConfigError(f"train.cyclical.ratio must be in (0, 1], got {t.cyclical.ratio}")
 
 
 def make_optimizer(params: Any, config: RunConfig, lr: float) -> torch.optim.Optimizer:

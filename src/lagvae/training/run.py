@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lagvae.config import RunConfig, apply_override, load_json, to_dict
+from lagvae.config import RunConfig, apply_override, flatten, load_json, to_dict
 from lagvae.errors import ConfigError
 from lagvae.training.loop import Trainer
 from lagvae.training.run_context import RunContext
@@ -89,7 +89,7 @@ def _resumed_config(requested: RunConfig, folder: RunFolder) -> RunConfig:
 
 def _same_run(requested: RunConfig, folder: RunFolder) -> RunConfig:
     saved = load_json(folder.file(CONFIG))
-    flat_saved, flat_new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
+    flat_saved, flat_new = flatten(to_dict(saved)), flatten(to_dict(requested))
     # `schema` says how the saved file was written, not how the run trains
     changed = [k for k in flat_new if flat_new[k] != flat_saved.get(k) and k not in (*RESUMABLE, "schema")]
     if changed:
@@ -100,10 +100,3 @@ def _same_run(requested: RunConfig, folder: RunFolder) -> RunConfig:
     for key in RESUMABLE:
         apply_override(saved, f"{key}={flat_new[key]}")
     return saved
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat

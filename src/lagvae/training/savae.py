@@ -21,14 +21,14 @@ def svi_options(t: TrainConfig) -> dict[str, Any]:
     """svi_refine's keyword options for a run configured by `t` (its SVI steps, step size and clip): the one
     place they come from, for training and for a finished run's posterior alike."""
     return {
-        "steps": t.svi_steps,
+        "steps": t.savae.steps,
         # Kim et al. step on the batch-mean loss, so lr 1 there is lr 1/B on one example's ELBO; svi_refine
         # divides by B, the size of the batch it refines (the epoch's last can be short). Taking lr 1 per
         # example (B times theirs) let the refined log-variance run off to overflow in 3 of 6 grid runs.
-        "lr": t.svi_lr,
-        "momentum": t.svi_momentum,
-        "max_grad_norm": t.svi_max_grad_norm,
-        "clip": t.svi_clip,
+        "lr": t.savae.lr,
+        "momentum": t.savae.momentum,
+        "max_grad_norm": t.savae.max_grad_norm,
+        "clip": t.savae.clip,
     }
 
 
@@ -39,7 +39,7 @@ class SemiAmortizedStrategy(JointStrategy):
     As Kim et al. by default: the SVI objective carries the current KL weight (`anneal`), and the loss at
     the refined lambda_K is differentiated through the unrolled steps into the encoder and the decoder
     (`decoder_through`). Unlike Kim's, the SVI gradients are clipped per example by default
-    (train.svi_clip=example); Kim's per-batch clip (svi_clip=batch) let one example's log-variance run off
+    (train.savae.clip=example); Kim's per-batch clip (clip=batch) let one example's log-variance run off
     (docs/DESIGN.md, "SA-VAE"). With decoder_through off, the decoder steps on the loss at lambda_K held
     fixed (lagvae's earlier choice). Metrics use the refined posterior too, at KL weight 1 (`posterior`).
     """
@@ -69,7 +69,7 @@ class SemiAmortizedStrategy(JointStrategy):
 
     @staticmethod
     def _options(t: TrainConfig, sample_batch: Callable[[], Batch]) -> dict[str, Any]:
-        return {"svi": svi_options(t), "anneal": t.svi_anneal, "decoder_through": t.svi_decoder_through}
+        return {"svi": svi_options(t), "anneal": t.savae.anneal, "decoder_through": t.savae.decoder_through}
 
     def step(self, x: Tensor, kl_weight: float, rows: Rows | None = None) -> StepStats:
         model = self.model

@@ -42,10 +42,11 @@ CYCLE_SHAPES = ("linear", "cosine", "sigmoid")
 
 def kl_weight(step: int, train: TrainConfig, iters_per_epoch: int, cycle_epochs: int | None = None) -> float:
     """The KL weight at `step` under the run's schedule; the cyclical period spans `cycle_epochs` (the epoch
-    count the run started with, so a resume with a new --epochs keeps the schedule) / n_cycles."""
+    count the run started with, so a resume with a new --epochs keeps the schedule) / cyclical.n_cycles."""
     if train.schedule == "constant":
         return train.beta
     if train.schedule == "cyclical":
         epochs = cycle_epochs or train.epochs
-        return cyclical(step, epochs * iters_per_epoch / train.n_cycles, train.cycle_ratio, 0.0, train.cycle_shape)
+        c = train.cyclical
+        return cyclical(step, epochs * iters_per_epoch / c.n_cycles, c.ratio, 0.0, c.shape)
     return linear_anneal(step, train.kl_start, train.warm_up * iters_per_epoch)
