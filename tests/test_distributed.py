@@ -101,6 +101,8 @@ def _train_recording(method: str, out: Path) -> None:
     # A target inside this run's per-dimension batch-mean KLs (measured 1e-8 to 2e-6): the clamp holds one
     # dimension throughout and the other only in epoch 0, so the global batch mean decides, as in one process.
     extra = ["train.free_bits=1e-7"] if method == "free-bits" else []
+    extra += ["train.pretrain.epochs=1", "train.warm_up=1"] if method == "pretrain-fb" else []
+    extra += ["train.warm_up=1"] if method == "du-vae" else []  # the floor and the dropout from epoch 1
     config = make_config("synthetic", method, epochs=3, train_limit=90, overrides=[*SETTINGS, *extra])
     config.threads, config.progress = 1, False
     trainer = Trainer(config, out)
@@ -181,7 +183,10 @@ def test_two_gloo_processes_train_the_one_process_aggressive_run(tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_the_one_process_run_for_every_strategy(tmp_path):
-    _two_processes_match_one(["vae", "free-bits", "savae"], tmp_path)
+    # bn-vae and du-vae: BatchNorm statistics of the global batch (an explicit all-reduce); du-vae's variance
+    # dropout draws; mdr: the multiplier's step on the global batch's KL; pretrain-fb: the phase boundary
+    later = ["pretrain-fb", "bn-vae", "delta-vae", "du-vae", "skip-vae", "mdr"]
+    _two_processes_match_one(["vae", "free-bits", "savae", *later], tmp_path)
 
 
 def _torchrun(out: Path, *extra: str) -> list[str]:

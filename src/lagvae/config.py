@@ -44,6 +44,29 @@ class DataConfig:
 
 
 @dataclass
+class BNConfig:
+    """model.bn: BN-VAE's fixed scale (Zhu et al. 2020; model.posterior=bn)."""
+
+    gamma: float = 0.5  # valdersoul/bn-vae README's Yahoo command
+
+
+@dataclass
+class DeltaConfig:
+    """model.delta: delta-VAE's committed rate, nats per latent dimension (model.posterior=delta)."""
+
+    rate: float = 0.15  # valdersoul/bn-vae text_anneal_fb.py's default
+
+
+@dataclass
+class DUConfig:
+    """model.du: DU-VAE's BatchNorm scale, variance floor and variance dropout (Shen et al. 2021)."""
+
+    gamma: float = 0.5  # RMS of the learned BatchNorm scale (SmilesDZgk/DU-VAE README, Yelp and OMNIGLOT)
+    rate: float = 1.0  # the variance floor is rate / (2 pi e)
+    dropout: float = 0.2  # README: 0.2 for text (Yelp), 0.1 for OMNIGLOT (the image presets set it)
+
+
+@dataclass
 class ModelConfig:
     """Network sizes: the text LSTM VAE (kind lstm) or the image ResNet/PixelCNN VAE (kind image)."""
 
@@ -57,6 +80,14 @@ class ModelConfig:
     channels: int = 64  # image: channels of the encoder's residual blocks and of every PixelCNN layer
     enc_features: int = 512  # image: channels of the encoder's last conv, before the Linear to (mu, logvar)
     kernels: str = "7,7,7,7,7,5,5,5,5,3,3,3,3"  # image: one gated PixelCNN layer per (odd) kernel size
+    posterior: str = "gaussian"  # the head on the encoder's (mu, logvar): gaussian | bn | delta | du
+    # the text encoder's initial weights: uniform (the paper's U(-0.01, 0.01), embeddings U(-0.1, 0.1)) | torch
+    # (PyTorch's defaults, as BN-VAE's and DU-VAE's encoders keep them: their BatchNorm needs mu to vary)
+    enc_init: str = "uniform"
+    skip: bool = False  # Skip-VAE: z also enters the decoder's output layer (Dieng et al. 2019)
+    bn: BNConfig = field(default_factory=BNConfig)
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
+    du: DUConfig = field(default_factory=DUConfig)
 
 
 @dataclass
@@ -100,13 +131,35 @@ class SAVAEConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """train.pretrain: an autoencoder phase before training (Li et al. 2019's encoder pretraining)."""
+
+    enabled: bool = False
+    # epochs of the autoencoder phase (KL weight 0; the LR rule runs on validation reconstruction); None:
+    # train.epochs, as the authors' first stage is a whole run under the same cap and rule
+    epochs: int | None = None
+
+
+@dataclass
+class MDRConfig:
+    """train.mdr: the minimum desired rate's Lagrangian (Pelsmaeker and Aziz 2020; train.strategy=mdr)."""
+
+    rate: float = 5.0  # r, nats: the README's setting
+    # the multiplier's start and its RMSprop step (deep-generative-lm's vae-lagging-encoder fork, text.py)
+    init: float = 0.5
+    lr: float = 1e-3
+
+
+@dataclass
 class TrainConfig:
     """The optimisation: method pieces, optimisers, KL schedule, aggressive loop and learning-rate rule."""
 
     method: str = "vae"
-    strategy: str = "joint"  # joint | aggressive | savae; set from `method`
+    strategy: str = "joint"  # joint | aggressive | savae | mdr; set from `method`
     schedule: str = "linear"  # KL weight: linear (anneal kl_start -> 1) | constant (beta) | cyclical
-    kl_term: str = "plain"  # plain | free-bits
+    # plain | free-bits (Kingma et al.: per dimension, batch mean) | free-bits-example (Li et al.'s fb 2:
+    # per example and dimension)
+    kl_term: str = "plain"
     epochs: int = 50
     batch_size: int = 16
     seed: int = 783435
@@ -117,10 +170,12 @@ class TrainConfig:
     kl_start: float = 1.0  # 1.0 means no annealing
     warm_up: int = 10  # epochs of linear KL annealing from kl_start to 1
     beta: float = 1.0  # the constant KL weight of `beta`
-    free_bits: float = 0.1  # free-bits target lambda, nats per latent dimension
+    free_bits: float = 0.1  # free-bits target lambda, nats per latent dimension (both free-bits KL terms)
     cyclical: CyclicalConfig = field(default_factory=CyclicalConfig)
     aggressive: AggressiveConfig = field(default_factory=AggressiveConfig)
     savae: SAVAEConfig = field(default_factory=SAVAEConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    mdr: MDRConfig = field(default_factory=MDRConfig)
     lr_decay: float = 0.5
     lr_patience: int = 2  # epochs without validation improvement before a decay
     lr_decay_min_epoch: int = 15  # no decay before this epoch (the paper's text setting)

@@ -33,6 +33,12 @@ def free_bits_kl(kl_per_dim: Tensor, target: float) -> Tensor:
     return per_dim.expand(kl_per_dim.shape[0])
 
 
+def free_bits_example_kl(kl_per_dim: Tensor, target: float) -> Tensor:
+    """sum_d 1[KL_bd > lambda] KL_bd: Li et al.'s (2019) free bits per example and dimension (their fb mode 2);
+    a dimension at or below lambda adds nothing to the loss and passes no gradient."""
+    return (kl_per_dim * (kl_per_dim > target)).sum(-1)
+
+
 def log_normal(z: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None) -> Tensor:
     """log N(z; mu, diag(e^logvar)) summed over the last dimension; standard normal when mu/logvar are None."""
     if mu is None or logvar is None:

@@ -27,7 +27,16 @@ from lagvae.training.methods import METHODS, apply_method
 from lagvae.training.run_folder import ERROR, FINAL, FolderInUseError, RunFolder
 
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
-PARAMETER = {"beta": "train.beta", "free-bits": "train.free_bits", "savae": "train.savae.steps"}
+PARAMETER = {
+    "beta": "train.beta",
+    "free-bits": "train.free_bits",
+    "savae": "train.savae.steps",
+    "pretrain-fb": "train.free_bits",
+    "bn-vae": "model.bn.gamma",
+    "delta-vae": "model.delta.rate",
+    "du-vae": "model.du.gamma",
+    "mdr": "train.mdr.rate",
+}
 SLOW_FIRST = {"savae": 0, "aggressive": 1}
 # The default reference of the paired comparison: the first of these in the grid.
 DEFAULT_REFERENCES = ("aggressive-anneal", "aggressive")

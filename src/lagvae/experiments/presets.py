@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 from lagvae.config import ConfigError, DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, apply_override
@@ -90,7 +91,7 @@ def apply_size(config: RunConfig, size: str) -> None:
     if size not in SIZES:
         raise ConfigError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
     model, train = SIZES[size]
-    config.model = ModelConfig(**vars(model))
+    config.model = copy.deepcopy(model)  # its sections too: an override must never reach SIZES
     for key, value in train.items():
         setattr(config.train, key, value)
 

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import warnings
 
+from torch import nn
+
 from lagvae.config import ConfigError, ModelConfig
+from lagvae.models.heads import HEADS, BNHead, DeltaHead, DUHead, GaussianHead, HeadedEncoder
 from lagvae.models.image import PixelCNNDecoder, ResNetEncoder, parse_kernels
 from lagvae.models.text import LSTMDecoder, LSTMEncoder
 from lagvae.models.vae import VAE
 
 KINDS = ("lstm", "image")
+ENC_INITS = ("uniform", "torch")
+
+
+def build_head(config: ModelConfig) -> nn.Module:
+    """The posterior head `config.posterior` names, with its section's settings."""
+    if config.posterior not in HEADS:
+        raise ConfigError(f"unknown model.posterior {config.posterior!r}; choose from {', '.join(HEADS)}")
+    if config.posterior == "bn":
+        return BNHead(config.latent_dim, config.bn.gamma)
+    if config.posterior == "delta":
+        return DeltaHead(config.delta.rate)
+    if config.posterior == "du":
+        return DUHead(config.latent_dim, config.du.gamma, config.du.rate, config.du.dropout)
+    return GaussianHead()
 
 
 def build_model(config: ModelConfig, vocab_size: int) -> VAE:
@@ -29,18 +46,24 @@ def build_model(config: ModelConfig, vocab_size: int) -> VAE:
                 kernels = parse_kernels(config.kernels)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-            encoder = ResNetEncoder(config.latent_dim, config.channels, config.enc_features)
-            decoder = PixelCNNDecoder(config.latent_dim, config.channels, kernels)
-            return VAE(encoder, decoder)
-        encoder = LSTMEncoder(vocab_size, config.embed_dim, config.enc_hidden, config.latent_dim)
-        decoder = LSTMDecoder(
-            vocab_size,
-            config.embed_dim,
-            config.dec_hidden,
-            config.latent_dim,
-            config.dec_dropout_in,
-            config.dec_dropout_out,
-        )
+            encoder: nn.Module = ResNetEncoder(config.latent_dim, config.channels, config.enc_features)
+            decoder: nn.Module = PixelCNNDecoder(config.latent_dim, config.channels, kernels, skip=config.skip)
+        else:
+            if config.enc_init not in ENC_INITS:
+                raise ConfigError(f"unknown model.enc_init {config.enc_init!r}; choose from {', '.join(ENC_INITS)}")
+            encoder = LSTMEncoder(vocab_size, config.embed_dim, config.enc_hidden, config.latent_dim, config.enc_init)
+            decoder = LSTMDecoder(
+                vocab_size,
+                config.embed_dim,
+                config.dec_hidden,
+                config.latent_dim,
+                config.dec_dropout_in,
+                config.dec_dropout_out,
+                skip=config.skip,
+            )
+        head = build_head(config)
+        if config.latent_dim > 0 and not isinstance(head, GaussianHead):
+            encoder = HeadedEncoder(encoder, head)  # the paper's posterior keeps its checkpoint keys
     return VAE(encoder, decoder)
 
 

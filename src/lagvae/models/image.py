@@ -117,9 +117,13 @@ class PixelCNNDecoder(nn.Module):
     unconditional PixelCNN, whose log p(x) is exact.
     """
 
-    def __init__(self, latent_dim: int, channels: int = 64, kernels: tuple[int, ...] = PAPER_KERNELS) -> None:
+    def __init__(
+        self, latent_dim: int, channels: int = 64, kernels: tuple[int, ...] = PAPER_KERNELS, skip: bool = False
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
+        # Skip-VAE: z also reaches the output layer, as a linear term on every logit (docs/DESIGN.md)
+        self.skip = nn.Linear(latent_dim, 1, bias=False) if skip else None
         self.layers = nn.ModuleList(
             GatedLayer(1 if i == 0 else channels, channels, k, latent_dim, first=i == 0) for i, k in enumerate(kernels)
         )
@@ -130,7 +134,8 @@ class PixelCNNDecoder(nn.Module):
         v = h = x
         for layer in self.layers:
             v, h = layer(v, h, z)
-        return self.output(F.elu(h))
+        logits = self.output(F.elu(h))
+        return logits if self.skip is None else logits + self.skip(z)[:, :, None, None]
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) summed over pixels; x [B, 1, H, W], z [B, S, D] -> [B, S] (the batch is expanded to B*S)."""

@@ -30,5 +30,12 @@ class VAE(nn.Module):
         z = reparameterize(mu, logvar, n_samples)
         return -self.log_prob(x, z).mean(-1), gaussian_kl_per_dim(mu, logvar)
 
+    def observe_kl_weight(self, weight: float) -> None:
+        """Tell the parts that change with the KL schedule (DU-VAE's head) the current weight."""
+        for module in self.modules():
+            flag = getattr(module, "full_kl", None)
+            if isinstance(flag, Tensor):
+                flag.fill_(weight >= 1.0)
+
     def n_units(self, x: Tensor) -> Tensor:
         return self.decoder.n_units(x)

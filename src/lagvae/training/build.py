@@ -11,9 +11,10 @@ import torch
 
 from lagvae.config import ConfigError, RunConfig
 from lagvae.inference import Posterior, Refined, amortized
-from lagvae.models import VAE
-from lagvae.objectives import free_bits_kl
+from lagvae.models import ENC_INITS, HEADS, VAE
+from lagvae.objectives import free_bits_example_kl, free_bits_kl
 from lagvae.training.aggressive import AggressiveStrategy
+from lagvae.training.mdr import MDRStrategy
 from lagvae.training.savae import SemiAmortizedStrategy, svi_options
 from lagvae.training.schedules import CYCLE_SHAPES, SCHEDULES
 from lagvae.training.strategies import Batch, JointStrategy, plain_kl, sharded_free_bits
@@ -22,11 +23,12 @@ from lagvae.training.world import SINGLE, World
 log = logging.getLogger("lagvae")
 
 
-KL_TERMS = ("plain", "free-bits")
+KL_TERMS = ("plain", "free-bits", "free-bits-example")
 STRATEGIES: dict[str, type[JointStrategy]] = {
     "joint": JointStrategy,
     "aggressive": AggressiveStrategy,
     "savae": SemiAmortizedStrategy,
+    "mdr": MDRStrategy,
 }
 
 
@@ -44,7 +46,12 @@ def validate(config: RunConfig) -> None:
         "eval.max_memory_mb": e.max_memory_mb,
         "eval.posterior_grid": e.posterior_grid,
         "eval.posterior_range": e.posterior_range,
+        "model.delta.rate": config.model.delta.rate,
+        "model.du.gamma": config.model.du.gamma,
+        "train.mdr.lr": t.mdr.lr,
     }
+    if t.pretrain.epochs is not None:
+        positive["train.pretrain.epochs"] = t.pretrain.epochs
     if d.name == "synthetic":
         positive.update({"data.n_train": d.n_train, "data.n_val": d.n_val, "data.n_test": d.n_test})
         positive.update({"data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size})
@@ -57,6 +64,8 @@ def validate(config: RunConfig) -> None:
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
     non_negative |= {"eval.mi_full_max": e.mi_full_max, "eval.alarm_epochs": e.alarm_epochs}
     non_negative |= {"train.beta": t.beta, "train.free_bits": t.free_bits, "train.savae.steps": t.savae.steps}
+    m = config.model
+    non_negative |= {"model.bn.gamma": m.bn.gamma, "model.du.rate": m.du.rate, "train.mdr.rate": t.mdr.rate}
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
@@ -68,12 +77,18 @@ def validate(config: RunConfig) -> None:
         "train.cyclical.shape": (t.cyclical.shape, CYCLE_SHAPES),
         "train.aggressive.switch_on": (t.aggressive.switch_on, ("mi", "mi_full")),
         "train.savae.clip": (t.savae.clip, ("batch", "example")),
+        "model.posterior": (config.model.posterior, HEADS),
+        "model.enc_init": (config.model.enc_init, ENC_INITS),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"unknown {key} {value!r}; choose from {', '.join(allowed)}")
     if t.aggressive.switch_on == "mi_full" and e.mi_full_max == 0:
         raise ConfigError("train.aggressive.switch_on=mi_full needs eval.mi_full_max > 0 (it computes mi_full)")
+    if not 0 <= config.model.du.dropout < 1:
+        raise ConfigError(f"model.du.dropout must be in [0, 1), got {config.model.du.dropout}")
+    if t.pretrain.enabled and t.strategy != "joint":
+        raise ConfigError(f"train.pretrain.enabled needs train.strategy=joint, got {t.strategy!r}")
     if not 0 < t.cyclical.ratio <= 1:
         raise ConfigError(f"train.cyclical.ratio must be in (0, 1], got {t.cyclical.ratio}")
 
@@ -98,6 +113,8 @@ def build_strategy(
     enc = make_optimizer(model.encoder.parameters(), config, t.lr)
     dec = make_optimizer(model.decoder.parameters(), config, t.lr)
     kl_term = plain_kl
+    if t.kl_term == "free-bits-example":  # per example: a shard's rows need nothing from the others
+        kl_term = partial(free_bits_example_kl, target=t.free_bits)
     if t.kl_term == "free-bits":
         kl_term = (
             sharded_free_bits(world, t.free_bits) if world.distributed else partial(free_bits_kl, target=t.free_bits)

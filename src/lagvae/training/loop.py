@@ -39,6 +39,7 @@ from lagvae.training.tensorboard_log import TensorBoardLog
 from lagvae.training.world import check_shards, prepare_model
 
 log = logging.getLogger("lagvae")
+AUTOENCODER = "autoencoder"  # TrainState.phase of train.pretrain's first phase
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
 
 
@@ -83,8 +84,7 @@ class Trainer:
         self.strategy = build_strategy(
             config, self.model, lambda: on_device(self.device, self.train_batches.sample()), self.world
         )
-        t = config.train
-        self.lr_rule = PlateauHalving(t.lr, t.lr_decay, t.lr_patience, t.lr_decay_min_epoch, t.max_decays)
+        self.lr_rule = self._new_lr_rule()
         self.checkpoints = Checkpoints(self.run, self.device, self.model, self.strategy, self.lr_rule, self.generator)
         self.state = TrainState()
         self.partial_epoch: dict[str, Any] | None = None  # a mid-epoch last.pt's position: the next epoch starts there
@@ -116,6 +116,8 @@ class Trainer:
         (train_and_evaluate checks which before any file is touched), so config.json describes this run."""
         cfg, st = self.config, self.state
         st.cycle_epochs = st.cycle_epochs or cfg.train.epochs
+        if cfg.train.pretrain.enabled and st.step == 0:
+            st.phase = AUTOENCODER
         if self.main:
             self._write_run_files()
             if cfg.log.tensorboard:
@@ -123,7 +125,7 @@ class Trainer:
         val_batches = eval_batches(self.splits.val, cfg, self.world)
         try:
             with self.run.sigterm_stops():
-                while st.epoch < cfg.train.epochs and not st.stopped:
+                while st.phase == AUTOENCODER or (st.epoch - st.phase_epoch < cfg.train.epochs and not st.stopped):
                     self._epoch(val_batches)
         finally:
             if self.tensorboard is not None:
@@ -152,7 +154,9 @@ class Trainer:
         start = time.perf_counter()
         val = self._validate(val_batches, epoch)
         self.strategy.end_epoch(val)
-        decision = self.lr_rule.update(epoch, -val["elbo"])
+        # the autoencoder phase's own loss is its reconstruction (KL weight 0), as Li et al.'s first stage
+        autoencoder = st.phase == AUTOENCODER
+        decision = self.lr_rule.update(epoch - st.phase_epoch, val["rec"] if autoencoder else -val["elbo"])
         st.train_seconds += train["seconds"] + time.perf_counter() - start
         record = {
             "step": st.step,
@@ -164,8 +168,12 @@ class Trainer:
             "train_loss": train["train_loss"],
             "inner_steps": train["inner_steps"],
             "train_seconds": st.train_seconds,
+            **self.strategy.epoch_record(),
         }
-        self._sound_alarm(record)
+        if self.config.train.pretrain.enabled:
+            record["phase"] = st.phase
+        if not autoencoder:  # an autoencoder pays KL for nothing by design
+            self._sound_alarm(record)
         st.history.append(record)
         if decision.improved:
             st.best_epoch = epoch
@@ -184,7 +192,36 @@ class Trainer:
         if epoch < self.config.eval.snapshot_epochs:
             self._snapshot(epoch)
         st.stopped = decision.stop
+        if autoencoder and (st.stopped or st.epoch - st.phase_epoch >= self._autoencoder_epochs):
+            self._end_autoencoder_phase()
         self.checkpoints.save_last(st)
+
+    def _new_lr_rule(self) -> PlateauHalving:
+        t = self.config.train
+        return PlateauHalving(t.lr, t.lr_decay, t.lr_patience, t.lr_decay_min_epoch, t.max_decays)
+
+    @property
+    def _autoencoder_epochs(self) -> int:
+        p = self.config.train.pretrain
+        return p.epochs if p.epochs is not None else self.config.train.epochs
+
+    def _end_autoencoder_phase(self) -> None:
+        """Li et al.'s second stage begins: the autoencoder's best weights, a re-initialised decoder, fresh
+        optimiser states and LR rule, the KL schedule from its start. best.pt is the next phase's to write."""
+        st, cfg = self.state, self.config
+        best = st.best_epoch
+        self.checkpoints.load_best()
+        vocab_size = len(self.splits.vocab) if self.splits.vocab is not None else 0
+        with torch.random.fork_rng(devices=[]):  # the run's own random streams continue untouched
+            torch.manual_seed(cfg.train.seed + 1)
+            fresh = build_model(cfg.model, vocab_size).decoder.state_dict()
+        self.model.decoder.load_state_dict(fresh)
+        self.lr_rule.load_state_dict(self._new_lr_rule().state_dict())
+        set_lr(self.strategy, self.lr_rule.lr)
+        for opt in self.strategy.optimizers():
+            opt.state.clear()
+        st.phase, st.phase_step, st.phase_epoch, st.best_epoch, st.stopped = "train", st.step, st.epoch, -1, False
+        log.info(f"autoencoder phase over after {st.epoch} epochs (best: epoch {best}); decoder re-initialised")
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (or its rest, after a mid-epoch resume) behind a progress bar; returns its training numbers.
@@ -201,7 +238,7 @@ class Trainer:
         else:
             batches = iter(self.train_batches)
         last_saved = self.clock()
-        desc = f"{cfg.train.method} epoch {epoch}"
+        desc = f"{cfg.train.method} epoch {epoch}" + (" (autoencoder)" if st.phase == AUTOENCODER else "")
         bar = EpochBar(iters, desc, self.progress, self.bar_position, self.clock, shown_at=last_saved)
         save_every = 60.0 * cfg.train.checkpoint_minutes
 
@@ -213,7 +250,12 @@ class Trainer:
         start = time.perf_counter()
         bar.advance(sums.count)
         for x, rows in (on_device(self.device, b) for b in batches):
-            sums.beta = kl_weight(st.step, cfg.train, iters, st.cycle_epochs)
+            sums.beta = (
+                0.0
+                if st.phase == AUTOENCODER
+                else kl_weight(st.step - st.phase_step, cfg.train, iters, st.cycle_epochs)
+            )
+            self.model.observe_kl_weight(sums.beta)
             stats = self.strategy.step(x, sums.beta, rows)
             st.step += 1
             due = save_every > 0 and self.clock() - last_saved >= save_every

@@ -8,6 +8,14 @@ from lagvae.config import ConfigError, RunConfig, apply_override
 
 # The paper anneals the KL weight linearly from 0.1 to 1 over the first 10 epochs.
 _ANNEAL = {"train.kl_start": 0.1, "train.warm_up": 10}
+# BN-VAE's and DU-VAE's README commands anneal from 0 over 10 epochs
+_FROM_ZERO = {"train.kl_start": 0.0, "train.warm_up": 10}
+# What a method's authors set differently for images (DU-VAE's OMNIGLOT command; Skip-VAE's image script
+# has no KL warm-up)
+IMAGE_SETTINGS: dict[str, dict[str, Any]] = {
+    "du-vae": {"model.du.dropout": 0.1},
+    "skip-vae": {"train.kl_start": 1.0},
+}
 
 METHODS: dict[str, dict[str, Any]] = {
     "vae": {"train.strategy": "joint"},
@@ -19,6 +27,22 @@ METHODS: dict[str, dict[str, Any]] = {
     "free-bits": {"train.strategy": "joint", "train.kl_term": "free-bits"},
     "savae": {"train.strategy": "savae"},
     "savae-anneal": {"train.strategy": "savae", **_ANNEAL},
+    # Later fixes (docs/DESIGN.md, "Later fixes"): each with its authors' settings for the closest setting.
+    # Li et al. 2019: an autoencoder phase, a fresh decoder, then annealing from 0 and per-example free bits
+    # (target_kl 8 over z = 32 in their Yahoo command: 0.25 nats per dimension)
+    "pretrain-fb": {
+        "train.strategy": "joint",
+        "train.pretrain.enabled": True,
+        "train.kl_term": "free-bits-example",
+        "train.free_bits": 0.25,
+        "train.kl_start": 0.0,
+        "train.warm_up": 10,
+    },
+    "bn-vae": {"train.strategy": "joint", "model.posterior": "bn", "model.enc_init": "torch", **_FROM_ZERO},
+    "delta-vae": {"train.strategy": "joint", "model.posterior": "delta"},
+    "du-vae": {"train.strategy": "joint", "model.posterior": "du", "model.enc_init": "torch", **_FROM_ZERO},
+    "skip-vae": {"train.strategy": "joint", "model.skip": True, **_ANNEAL},
+    "mdr": {"train.strategy": "mdr"},
     # No latent: the decoder alone, whose "IW bound" is its exact likelihood (one sample suffices).
     "lm": {"train.strategy": "joint", "model.latent_dim": 0, "eval.iw_samples": 1},
     # The image analogue of `lm`: an unconditional gated PixelCNN, its NLL exact.
@@ -31,5 +55,6 @@ def apply_method(config: RunConfig, method: str) -> None:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     config.train.method = method
-    for key, value in METHODS[method].items():
+    settings = METHODS[method] | (IMAGE_SETTINGS.get(method, {}) if config.model.kind == "image" else {})
+    for key, value in settings.items():
         apply_override(config, f"{key}={value}")

@@ -31,6 +31,10 @@ class TrainState:
     best_epoch: int = -1
     stopped: bool = False  # the LR rule ended training early
     cycle_epochs: int = 0  # train.epochs when the run started: fixes the cyclical schedule's period
+    # "autoencoder" in train.pretrain's first phase, else "train"; the step and epoch where the phase began
+    phase: str = "train"
+    phase_step: int = 0
+    phase_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 

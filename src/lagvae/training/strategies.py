@@ -153,6 +153,10 @@ class JointStrategy:
     def end_epoch(self, val: dict[str, float]) -> None:
         """Joint training has no epoch-level decision."""
 
+    def epoch_record(self) -> dict[str, float]:
+        """The strategy's own numbers for the epoch's metrics record (MDR's multiplier)."""
+        return {}
+
     @property
     def posterior(self) -> Posterior:
         """The q(z|x) this method's metrics evaluate."""
