@@ -4,7 +4,7 @@
 # small files of finished cells (config, metrics, final, per-example test NLL) are committed there (`keep`),
 # the checkpoints are not (the folder is git-ignored), so a grid spans sessions: a rerun keeps finished cells and trains the rest.
 # Usage: bash scripts/converge_real.sh STEP [STEP ...]
-#   steps: ptb-plain ptb-aggressive ptb-savae yelp omniglot, then report (tables of what has finished), keep
+#   steps: ptb-plain ptb-aggressive ptb-savae ptb-later synthetic yelp omniglot omniglot-later, then report (tables of what has finished), keep
 # `report` trains nothing (--report-only): it rebuilds each grid's compare.md, .csv, .json and _curves.png from the
 # committed cells, so a change to the tables (docs/DESIGN.md, "Verdicts") is one `bash scripts/converge_real.sh report`.
 set -euo pipefail
@@ -23,6 +23,10 @@ YELP=(yelp --size cpu --seeds 3 --epochs 40 --train-limit 3000 --set data.max_vo
 # OMNIGLOT: omniglot-small on the first 2,000 training images (an aggressive epoch of the whole set would cost
 # ~35 min here, and the paper's patience rule keeps at least 5), 50 epochs, 1,000 test images at K = 500.
 OMNI=(omniglot-small --seeds 3 --epochs 50 --train-limit 2000 --set data.eval_limit=1000 --set eval.iw_samples=500)
+# Issue 22: the later fixes, added to the grids above (same cells, same test examples, so they pair with the old)
+LATER=pretrain-fb,bn-vae,delta-vae,du-vae,skip-vae,mdr
+# synthetic: the preset as it is (16,000 / 2,000 / 2,000 sentences, 50 epochs, the LR rule), K = 500
+SYN=(synthetic --epochs 50 --set eval.iw_samples=500)
 for step in "$@"; do
   case "$step" in
     ptb-plain)  # the cells without an aggressive phase: about one session of the 2 cores
@@ -32,15 +36,26 @@ for step in "$@"; do
     ptb-savae)  # one seed, a 3-epoch cap (later flags win): an SA-VAE step costs ~90 joint steps (9-27 s), 15-42 min an epoch,
       # so 3 epochs and the test fit one 3-hour session beside the OMNIGLOT grid (half-trained cells do not outlive one)
       time $L compare "${PTB[@]}" --seeds 1 --epochs 3 --methods savae-anneal --jobs 1 --out $OUT/ptb ;;
+    ptb-later)  # issue 22's later fixes, seed 0 of each first (SEEDS=1), then all 3
+      time $L compare "${PTB[@]}" --seeds "${SEEDS:-3}" --methods "$LATER" --jobs "$JOBS" --out $OUT/ptb ;;
+    synthetic)  # the converged synthetic setting: all 16k training sentences, 50 epochs, the LR rule
+      time $L compare "${SYN[@]}" --seeds "${SEEDS:-3}" --methods "vae,vae-anneal,aggressive,aggressive-anneal,$LATER" \
+        --jobs "$JOBS" --out $OUT/synthetic ;;
+    omniglot-later)  # the fixes whose authors define images (du-vae, skip-vae) or that touch only q (bn, delta)
+      time $L compare "${OMNI[@]}" --seeds "${SEEDS:-3}" --methods bn-vae,delta-vae,du-vae,skip-vae --jobs "$JOBS" \
+        --out $OUT/omniglot ;;
     yelp)
       time $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --jobs "$JOBS" --out $OUT/yelp ;;
     omniglot)
       time $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn --jobs "$JOBS" --out $OUT/omniglot ;;
     report)
-      $L compare "${PTB[@]}" --methods vae,vae-anneal,aggressive,aggressive-anneal,lm,cyclical,free-bits=0.5,savae-anneal \
-        --reference aggressive-anneal --out $OUT/ptb --report-only
+      $L compare "${PTB[@]}" --reference aggressive-anneal --out $OUT/ptb --report-only \
+        --methods vae,vae-anneal,aggressive,aggressive-anneal,lm,cyclical,free-bits=0.5,savae-anneal,$LATER
+      $L compare "${SYN[@]}" --seeds 3 --methods "vae,vae-anneal,aggressive,aggressive-anneal,$LATER" \
+        --reference aggressive-anneal --out $OUT/synthetic --report-only
       $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --out $OUT/yelp --report-only
-      $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn --out $OUT/omniglot --report-only ;;
+      $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn,bn-vae,delta-vae,du-vae,skip-vae \
+        --out $OUT/omniglot --report-only ;;
     keep)  # stage finished cells' small files (the folder is git-ignored, so half-trained cells never are)
       for final in $(find $OUT -name final.json); do
         cell=$(dirname "$final")
