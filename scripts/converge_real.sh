@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 make -s .venv/bin/.installed
 L=${LAGVAE:-.venv/bin/lagvae}
 JOBS=${JOBS:-2}
-OUT=docs/data/grids
+OUT=${OUT:-docs/data/grids}  # a checkout pinned for a long grid writes into the main one
 # PTB: the full 10k vocabulary (built from the whole training file), the first 3,000 training sentences, the
 # first 1,000 validation and test sentences, K = 500, an epoch cap of 40.
 PTB=(ptb --size cpu --seeds 3 --epochs 40 --train-limit 3000 --set data.vocab_from=all --set data.eval_limit=1000
