@@ -4,7 +4,7 @@
 # small files of finished cells (config, metrics, final, per-example test NLL) are committed there (`keep`),
 # the checkpoints are not (the folder is git-ignored), so a grid spans sessions: a rerun keeps finished cells and trains the rest.
 # Usage: bash scripts/converge_real.sh STEP [STEP ...]
-#   steps: ptb-plain ptb-aggressive ptb-savae ptb-later synthetic yelp omniglot omniglot-later, then report (tables of what has finished), keep
+#   steps: ptb-plain ptb-aggressive ptb-savae ptb-later synthetic yelp yahoo omniglot omniglot-later, then report (tables of what has finished), keep
 # `report` trains nothing (--report-only): it rebuilds each grid's compare.md, .csv, .json and _curves.png from the
 # committed cells, so a change to the tables (docs/DESIGN.md, "Verdicts") is one `bash scripts/converge_real.sh report`.
 set -euo pipefail
@@ -23,6 +23,9 @@ YELP=(yelp --size cpu --seeds 3 --epochs 40 --train-limit 3000 --set data.max_vo
 # OMNIGLOT: omniglot-small on the first 2,000 training images (an aggressive epoch of the whole set would cost
 # ~35 min here, and the paper's patience rule keeps at least 5), 50 epochs, 1,000 test images at K = 500.
 OMNI=(omniglot-small --seeds 3 --epochs 50 --train-limit 2000 --set data.eval_limit=1000 --set eval.iw_samples=500)
+# Yahoo (issue 23): the first 1,000 training documents, validation on the 1,000 held out, the first 1,000 test
+# documents at K = 500, cap 30 (an aggressive-anneal cell ~2 hours while two share the cores)
+YAHOO=(yahoo --size cpu --seeds 3 --epochs 30 --train-limit 1000 --set data.eval_limit=1000 --set eval.iw_samples=500)
 # Issue 22: the later fixes, added to the grids above (same cells, same test examples, so they pair with the old)
 LATER=pretrain-fb,bn-vae,delta-vae,du-vae,skip-vae,mdr
 # synthetic: the preset as it is (16,000 / 2,000 / 2,000 sentences, 50 epochs, the LR rule), K = 500
@@ -44,6 +47,9 @@ for step in "$@"; do
     omniglot-later)  # the fixes whose authors define images (du-vae, skip-vae) or that touch only q (bn, delta)
       time $L compare "${OMNI[@]}" --seeds "${SEEDS:-3}" --methods bn-vae,delta-vae,du-vae,skip-vae --jobs "$JOBS" \
         --out $OUT/omniglot ;;
+    yahoo)  # issue 23: the reduced Yahoo setting (docs/RESULTS.md), the 2018 baselines, then the later fixes
+      time $L compare "${YAHOO[@]}" --methods vae,vae-anneal,aggressive-anneal,lm --jobs "$JOBS" --out $OUT/yahoo
+      time $L compare "${YAHOO[@]}" --seeds 1 --methods "aggressive,$LATER" --jobs "$JOBS" --out $OUT/yahoo ;;
     yelp)
       time $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --jobs "$JOBS" --out $OUT/yelp ;;
     omniglot)

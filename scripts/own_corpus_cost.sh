@@ -30,5 +30,5 @@ for name, part in (("train", docs[:1000]), ("valid", docs[1000:1100]), ("test", 
 print(f"{out}: 1,000 / 100 / 100 documents of 60-220 tokens")
 PY
 rm -rf /tmp/lagvae-own-corpus-run
-/usr/bin/time -v .venv/bin/lagvae train text --method "${1:-vae}" --size cpu --epochs 1 --no-progress --threads 1 \
+/usr/bin/time -v .venv/bin/lagvae train text --method "${1:-vae}" --size cpu --epochs 1 --no-progress --json --threads 1 \
   --set "data.path=$CORPUS" --out /tmp/lagvae-own-corpus-run 2>&1 | grep -E "lagvae:|train_seconds|Elapsed|Maximum resident"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +129,20 @@ def inline_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 def lg_vae() -> tuple[VAE, LinearGaussianDecoder]:
     torch.manual_seed(0)
     return linear_gaussian_vae()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished TINY run per test module, trained once; each test that only needs a finished run works
+    on a copy (`run`)."""
+    from tests.test_run_folder import _train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(out) == 0
+    return out
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the module's finished run."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))

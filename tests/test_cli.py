@@ -111,6 +111,7 @@ PRESET_ARGS = {
     "synthetic-1d": [],
     "ptb": ["--size", "synthetic", "--set", "data.eval_limit=16"],
     "yelp": ["--size", "synthetic", "--set", "data.eval_limit=16"],
+    "yahoo": ["--size", "synthetic", "--set", "data.eval_limit=16"],
     "text": ["--size", "synthetic", "--set", f"data.path={Path(__file__).parent / 'fixtures' / 'corpus'}"],
 }
 # Image presets: a 2-layer, 8-channel PixelCNN and a tiny encoder, z = 2, a few evaluation images.
@@ -128,6 +129,8 @@ PRESET_ARGS |= {
 def test_every_preset_trains(tmp_path, preset):
     if preset == "yelp" and (default_data_root() is None or not (default_data_root() / "yelp_sentences").is_dir()):
         pytest.skip("../shared/data/yelp_sentences is absent (see ../shared/data/README.md)")
+    if preset == "yahoo" and (default_data_root() is None or not (default_data_root() / "yahoo").is_dir()):
+        pytest.skip("../shared/data/yahoo is absent (see ../shared/data/README.md)")
     if preset.startswith("omniglot") and (
         default_data_root() is None or not (default_data_root() / "omniglot").is_dir()
     ):
@@ -201,7 +204,7 @@ def test_compare_grid_tabulates_resumes_and_reports_failures(tmp_path, capsys, i
     assert row[5:7] == ["2", "tie" if mean - half <= 0 <= mean + half else ("worse" if mean > 0 else "better")]
 
 
-def test_demo_prints_the_table(tmp_path, capsys, inline_workers):
+def test_demo_prints_the_table(tmp_path, capsys, inline_workers, monkeypatch):
     tiny = ["--set", "data.n_train=48", "--set", "data.n_val=32", "--set", "data.n_test=16", *FIGURE]
     assert main(["demo", "--epochs", "1", "--iw-samples", "4", "--out", str(tmp_path), *tiny]) == 0
     out = capsys.readouterr().out
@@ -211,8 +214,15 @@ def test_demo_prints_the_table(tmp_path, capsys, inline_workers):
     # one seed: no spread to show ("-", not "± 0.00"), the count, and no verdict
     assert "± -" in summary and "± 0.00" not in summary and "| 1 |" in summary
     assert "| 1 | one seed, no verdict |" in next(line for line in paired.splitlines() if line.startswith("| vae |"))
-    # a second `make demo` finds its finished runs and prints the same table instead of refusing the folders
-    assert main(["demo", "--epochs", "1", "--iw-samples", "4", "--out", str(tmp_path), *tiny]) == 0
+    # a second `make demo` finds its finished runs and prints the same table instead of refusing the folders;
+    # --jobs 1 runs it one run at a time
+    from lagvae.experiments import compare
+
+    pools: list[int] = []
+    inline = compare.worker_pool
+    monkeypatch.setattr(compare, "worker_pool", lambda workers: (pools.append(workers), inline(workers))[1])
+    assert main(["demo", "--epochs", "1", "--iw-samples", "4", "--out", str(tmp_path), *tiny, "--jobs", "1"]) == 0
+    assert pools == [1]
     again = capsys.readouterr().out
     assert [line for line in again.splitlines() if line.startswith("| vae")] == [
         line for line in out.splitlines() if line.startswith("| vae")
@@ -224,6 +234,7 @@ def test_demo_prints_the_table(tmp_path, capsys, inline_workers):
     [
         (["train", "nope"], "unknown preset 'nope'"),
         (["train", "synthetic", "--method", "magic"], "unknown method 'magic'"),
+        (["train", "synthetic", "--method", "agressive"], "did you mean aggressive?"),
         (["train", "synthetic", "--epochs", "0"], "expected a positive integer"),
         (["train", "synthetic", "--set", "train.lrr=2"], "did you mean train.lr"),
         (["train", "synthetic", "--out", "/proc/lagvae-cannot-write"], "cannot write to output folder"),

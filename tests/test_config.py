@@ -77,7 +77,7 @@ def test_sizes_and_presets():
         with pytest.raises(ConfigError, match="choose from"):
             bad()
     assert set(PRESETS) == {
-        *("synthetic", "synthetic-1d", "ptb", "yelp", "text"),
+        *("synthetic", "synthetic-1d", "ptb", "yelp", "yahoo", "text"),
         *("omniglot", "omniglot-small", "fashion-mnist", "images"),
     }
     omniglot = make_config("omniglot", "aggressive")

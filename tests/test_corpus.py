@@ -74,7 +74,9 @@ def test_read_lines_gives_each_line_without_its_ending_and_names_the_bad_file(tm
     with pytest.raises(ConfigError) as err:
         read_lines(path)
     message = str(err.value)
-    assert message.startswith(f"{path} is not UTF-8") and "(byte 6)" in message and "\n" not in message
+    assert message.startswith(f"{path} is not UTF-8") and "(at byte 6)" in message and "\n" not in message
+    # the line it fails on, and a conversion that works on Latin-1 (iconv -t UTF-8 alone assumes the locale's)
+    assert "line 2 has byte 0xe9" in message and f"iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8" in message
     with pytest.raises(ConfigError) as err:
         read_lines(tmp_path / "absent.txt")
     assert str(err.value) == f"corpus file not found: {tmp_path / 'absent.txt'}"  # the path, on one line
@@ -158,6 +160,17 @@ def test_vocabulary_and_counts_come_from_the_training_part_in_use(tmp_path, voca
     assert splits.stats["unknown_tokens"]["train"] == 0  # counted over the two documents that train
     with pytest.raises(ConfigError, match="vocab_from"):
         build_data(DataConfig(name="text", path=corpus, vocab_from="some"))
+
+
+@pytest.mark.parametrize("vocab_from", ["used", "all"])
+def test_train_limit_keeps_n_documents_when_long_ones_are_dropped(tmp_path, vocab_from):
+    corpus = str(_corpus(tmp_path))  # train: 6, 3, 8 and 3 tokens; max_len 5 drops the 1st and the 3rd
+    config = DataConfig(name="text", path=corpus, train_limit=2, max_len=5, overflow="drop", vocab_from=vocab_from)
+    splits = build_data(config)
+    assert len(splits.train) == 2 and splits.stats["dropped"]["train"] == 2  # both kept ones, and what it skipped
+    kept = [splits.vocab.decode(t.tolist()) for t in splits.train.tokens]
+    assert kept == [["a", "dog", "sat"], ["cat", "and", "dog"]]
+    assert "cat" in splits.vocab.stoi and splits.stats["unknown_tokens"]["train"] == 0
 
 
 def test_the_corpus_summary_is_printed_at_start_and_quiet_prints_nothing(tmp_path, capsys):

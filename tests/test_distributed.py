@@ -272,3 +272,23 @@ def test_a_process_count_the_batch_cannot_share_is_one_line_before_training(tmp_
     assert done.returncode != 0 and len(ours) == 3, done.stderr  # each rank says it once
     assert all("must divide by the 3 processes" in line for line in ours)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ranks_stop_with_their_launcher_and_resume_to_the_uninterrupted_run(tmp_path, two_process_run):
+    """SIGKILL torchrun alone: each rank sees its launcher gone, checkpoints at its next step and exits, instead of
+    training on re-parented (holding the folder's lock, writing last.pt); --resume auto then continues exactly."""
+    out = tmp_path / "orphaned"
+    proc = subprocess.Popen(
+        _torchrun(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    _wait_for_checkpoint(proc, out, 1, 4)
+    ranks = _children(proc.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=WAIT)
+    _wait_exited(ranks, "a rank trained on after its launcher died", seconds=10)
+    assert not (out / "final.json").exists()  # stopped, not trained to the end
+    resumed = subprocess.run(_torchrun(out, "--resume", "auto"), capture_output=True, text=True, timeout=WAIT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _outcome(out) == _outcome(two_process_run)

@@ -291,10 +291,10 @@ def test_train_eval_sample_reconstruct_through_the_cli(tmp_path, capsys, monkeyp
     assert main(["sample", str(out), "-n", "3", "--out", str(png), "--no-progress"]) == 0
     import matplotlib.image as mpimg
 
-    assert mpimg.imread(png).shape[:2] == (4 * (8 + 2), 4 * (3 * 9 + 1))
+    assert mpimg.imread(png).shape[0] > 4 * 8  # the grid under its caption (tests/test_first_hour.py: layout)
     rec = tmp_path / "rec.png"
     assert main(["reconstruct", str(out), "-n", "2", "--out", str(rec), "--no-progress"]) == 0
-    assert mpimg.imread(rec).shape[:2] == (4 * (8 + 2), 4 * (4 * 9 + 1))
+    assert mpimg.imread(rec).shape[0] > 2 * 4 * 8  # a strip of inputs over a strip of reconstructions
     assert main(["reconstruct", str(out), "-n", "2", "--input", str(data), "--out", str(rec), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["sample", str(out), "-n", "2"]) == 2

@@ -93,3 +93,31 @@ def test_sigterm_checkpoints_at_the_next_step_and_stops_with_one_line(tmp_path, 
     assert torch.load(out / "last.pt", weights_only=True)["partial_epoch"] is not None
     _finish(_command(out, "--resume", "auto"))
     assert _outcome(out) == reference
+
+
+def test_sigterm_during_the_test_is_one_line_and_resume_tests_the_trained_run(tmp_path, reference):
+    """Once training has ended the handler still stands: SIGTERM in a long IW test (K = 6000 here) stops it at
+    its next chunk with one line and exit 2, not the default death (exit 143); --resume auto then tests the run
+    without training it again."""
+    out = tmp_path / "in-test"
+    long_test = ["--set", "eval.iw_samples=6000", "--set", "eval.max_memory_mb=1"]
+    proc = subprocess.Popen(_command(out, *long_test), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + WAIT
+    while True:  # training has ended: last.pt holds epoch 3 of 3, whole
+        assert time.monotonic() < deadline and proc.poll() is None, "no end of training seen before the test ended"
+        try:
+            ckpt = torch.load(out / "last.pt", weights_only=True)
+        except (FileNotFoundError, RuntimeError, EOFError):
+            ckpt = None
+        if ckpt and ckpt["state"]["epoch"] == 3 and ckpt["partial_epoch"] is None:
+            break
+        time.sleep(0.01)
+    time.sleep(1.0)  # into the test
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=WAIT)
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and "during the test" in errors[0], (proc.returncode, err)
+    assert not (out / "final.json").exists()
+    _finish(_command(out, *long_test, "--resume", "auto"))
+    records, final = _outcome(out)
+    assert records == reference[0] and final["iw_samples"] == 6000 and final["epochs"] == 3

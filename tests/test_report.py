@@ -48,7 +48,9 @@ def test_a_run_page_holds_curves_posterior_figure_final_table_alarms_and_config(
     final = json.loads((run / "final.json").read_text())
     assert f"{final['nll']:.4g}" in page and "mi_full" in page
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert ("Collapse alarm raised" in page) == any(r.get("alarm") for r in records)
+    # each alarm kind under its own name, with what it means: collapse apart from KL paid without information
+    assert ("Posterior collapse</b>" in page) == any(r.get("alarm") == "collapse" for r in records)
+    assert "KL paid without information</b>" not in page or any(r.get("alarm") != "collapse" for r in records)
     assert "&quot;method&quot;: &quot;vae&quot;" in page  # the config, escaped
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0 and (tmp_path / "r.html").exists()
 

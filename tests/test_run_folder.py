@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -16,20 +15,6 @@ from tests.test_cli import TINY
 
 def _train(out, *extra: str, method: str = "vae") -> int:
     return main(["train", "synthetic", "--method", method, "--out", str(out), *TINY, *extra])
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished TINY run, trained once; each test that only needs a finished run works on a copy."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    assert _train(out) == 0
-    return out
-
-
-@pytest.fixture
-def run(trained: Path, tmp_path: Path) -> Path:
-    """A private copy of the module's finished run."""
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def _errors(err: str) -> list[str]:

@@ -78,7 +78,8 @@ def _write_cell(folder: Path, nll: np.ndarray, index=None, test_hash="h-test", k
     record = {"nll": float(nll.mean()), "kl": 1.0, "mi": 0.5, "mi_full": 0.6, "au": 3, "ppl": 100.0}
     record |= {"train_seconds": 100.0, "epochs": 10, "best_epoch": 9, "iw_samples": k, **final}
     (folder / "final.json").write_text(json.dumps(record))
-    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "aggressive": False}) + "\n")
+    epoch0 = {"step": 10, "epoch": 0, "lr": 1.0, "train_seconds": 100.0, "aggressive": False}  # every record's keys
+    (folder / "metrics.jsonl").write_text(json.dumps(epoch0) + "\n")
 
 
 def test_pairing_refuses_other_examples_another_split_or_another_k(tmp_path, inline_workers, monkeypatch):

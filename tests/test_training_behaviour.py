@@ -302,7 +302,12 @@ def test_explicit_split_files_override_those_in_data_path(tmp_path: Path) -> Non
     [
         ("nope", "unknown method 'nope'; choose from vae, vae-anneal, aggressive,"),
         ("beta-anneal=0.5", "unknown method 'beta-anneal'"),
-        ("vae=1", "method 'vae' takes no parameter (only beta, free-bits, savae, pretrain-fb, bn-vae, delta-vae, du-vae, mdr do)"),
+        ("agressive-anneal", "unknown method 'agressive-anneal'; did you mean aggressive-anneal? choose from vae,"),
+        (
+            "vae=1",
+            "method 'vae' takes no parameter "
+            "(only beta, free-bits, savae, pretrain-fb, bn-vae, delta-vae, du-vae, mdr do)",
+        ),
         ("beta=x", "method 'beta=x': train.beta: cannot read 'x' as float"),
         ("savae=1.5", "method 'savae=1.5': train.savae.steps: cannot read '1.5' as int"),
         ("free-bits=-1", "method 'free-bits=-1': train.free_bits must be >= 0, got -1.0"),

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive_int, help="CPU threads (default: chosen from model size)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (the corpus summary stays)")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors (for scripts)")
+    train.add_argument("--json", action="store_true", help="print final.json at the end, not the result line")
+    train.add_argument("--retest", action="store_true", help="with --resume: test a finished run again")
     train.add_argument(
         "--set",
         dest="overrides",
@@ -83,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="config override, repeatable, e.g. --set train.lr=0.5 --set model.latent_dim=1",
     )
 
-    ev = sub.add_parser("eval", help="recompute final.json of a run folder from its best checkpoint")
+    ev = sub.add_parser(
+        "eval",
+        help="recompute final.json of a finished run from its best checkpoint (at another --iw-samples K: "
+        "eval_k<K>.json beside it)",
+    )
     ev.add_argument("run", type=Path)
     ev.add_argument("--iw-samples", type=_positive_int)
     ev.add_argument("--no-progress", action="store_true", help="no progress bar while testing")
@@ -138,9 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     itp.add_argument("sentence_b")
     itp.add_argument("--steps", type=_positive_int, default=5)
 
-    rep = sub.add_parser("report", help="one self-contained report.html for a run folder or a compare folder")
-    rep.add_argument("dir", type=Path, help="a run folder or a compare --out folder")
-    rep.add_argument("--out", type=Path, help="where to write the page (default DIR/report.html)")
+    rep = sub.add_parser(
+        "report",
+        help="one self-contained page: a run or compare folder; several runs paired; several grids as a benchmark",
+    )
+    rep.add_argument(
+        "dirs", nargs="+", type=Path, metavar="DIR",
+        help="a run folder or a compare --out folder; several run folders (paired); compare folders or a folder "
+        "of them (the benchmark page)",
+    )  # fmt: skip
+    rep.add_argument(
+        "--out", type=Path,
+        help="the page (a name ending .html; a Markdown twin goes beside it) or a folder for report.html or "
+        "benchmark.html (default: DIR, or the current folder for several)",
+    )  # fmt: skip
+    rep.add_argument("--reference", help="several run folders: the method the others are paired against")
 
     demo = sub.add_parser("demo", help="vae vs aggressive on the synthetic preset, side by side")
     demo.add_argument("--epochs", type=_positive_int, default=5)
@@ -148,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--iw-samples", type=_positive_int, default=100, help="K at test (the reference used 100)")
     demo.add_argument("--train-limit", type=_positive_int, default=6000, help="training sentences (16000 = all)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument(
+        "--jobs", type=_positive_int, help="runs in parallel (default: one per method, up to the cores; 1: in turn)"
+    )
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
@@ -170,10 +191,25 @@ def _train(args: argparse.Namespace) -> None:
         overrides=[*flags, *args.overrides],
     )
     out = args.out or Path("runs") / f"{args.preset}-{args.method}"
-    results = train_and_evaluate(config, out, resume=args.resume, overwrite=args.overwrite)
-    if not args.quiet:
+    results = train_and_evaluate(config, out, resume=args.resume, overwrite=args.overwrite, retest=args.retest)
+    if args.json:
         print(json.dumps(results, indent=2))
-        print(f"run folder: {out}")
+    elif not args.quiet:
+        print(result_line(results, out))
+
+
+def result_line(results: dict, folder: Path) -> str:
+    """What `train` prints at the end: the test numbers that say whether z is used, the time, the folder."""
+    from lagvae.training.evaluation import rough_duration
+
+    parts = []
+    if "nll" in results:
+        parts.append(f"test NLL {results['nll']:.2f} (IW, K = {results.get('iw_samples', '?')})")
+    parts += [f"{name} {results[key]:.2f}" for key, name in (("kl", "KL"), ("mi_full", "I_q")) if key in results]
+    parts.append(f"AU {results.get('au', '-')}")
+    trained = f"{results.get('epochs', '?')} epochs (best {results.get('best_epoch', '?')})"
+    trained += f" in {rough_duration(results.get('train_seconds', 0.0))}"
+    return f"result: {', '.join(parts)}; {trained}; run folder: {folder}"
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -186,6 +222,8 @@ def _compare(args: argparse.Namespace) -> None:
     from lagvae.experiments.compare import Grid, choose_reference, plan_commands, run_grid
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if not methods:
+        raise LagvaeError(f"--methods {args.methods!r} names no method; e.g. --methods vae,aggressive")
     reference = choose_reference(methods, args.reference)
     grid = Grid(
         args.preset,
@@ -217,6 +255,7 @@ def _generate(args: argparse.Namespace) -> None:
     from lagvae.training.build import build_posterior
     from lagvae.training.finished import load_trained, saved_image_shape, saved_longest_document
 
+    _check_out_folder(args.out)  # before minutes of sampling, not after
     torch.manual_seed(args.seed)
     config, model, vocab = load_trained(args.run)
     posterior = build_posterior(config)  # SA-VAE runs encode with their refined posterior, as their metrics did
@@ -242,10 +281,17 @@ def _generate(args: argparse.Namespace) -> None:
     else:
         out = interpolate_sentences(model, vocab, args.sentence_a, args.sentence_b, args.steps, how, posterior)
     if args.out is not None:
-        args.out.write_text("".join(line + "\n" for line in out))
+        from lagvae.atomic import atomic_write
+
+        atomic_write(args.out, lambda f: f.write("".join(line + "\n" for line in out).encode()))
         print(f"wrote {len(out)} lines to {args.out}")
     else:
         print("\n".join(out))
+
+
+def _check_out_folder(out: Path | None) -> None:
+    if out is not None and not out.parent.is_dir():
+        raise LagvaeError(f"cannot write {out}: the folder {out.parent} does not exist")
 
 
 def _generate_images(
@@ -253,7 +299,7 @@ def _generate_images(
 ) -> None:
     """sample / reconstruct for an image run: a PNG grid (PixelCNN sampling takes H*W decoder passes)."""
     from lagvae.generate import reconstruction_panel, sample_image_panel
-    from lagvae.plots import save_image_grid
+    from lagvae.plots import reconstruction_figure, sample_figure, save_figure
 
     if args.out is None:
         raise LagvaeError(f"{args.command} on an image run writes a PNG grid: give --out FILE.png")
@@ -266,19 +312,25 @@ def _generate_images(
         images, cols = sample_image_panel(
             model, config.model.latent_dim, shape, n=args.n, seed=args.seed, progress=progress
         )
+        title = f"{args.run.name}: {len(images)} samples of p(x|z), z ~ N(0, I), seed {args.seed}"
+        figure = sample_figure(images, cols, title)
     else:
-        images, cols = reconstruction_panel(
+        originals, reconstructions = reconstruction_panel(
             model, config, shape, n=args.n, input_path=args.input, sample_z=args.sample_z, seed=args.seed,
             progress=progress, posterior=posterior,
         )  # fmt: skip
-    save_image_grid(images, args.out, cols)
+        z = "a sample of q(z|x)" if args.sample_z else "the mean of q(z|x)"
+        source = args.input.name if args.input is not None else "test images"
+        title = f"{args.run.name}: {source}, each decoded from {z} (seed {args.seed})"
+        figure = reconstruction_figure(originals, reconstructions, min(len(originals), 10), title)
+    save_figure(figure, args.out)
     print(f"wrote {args.out}")
 
 
 def _report(args: argparse.Namespace) -> None:
-    from lagvae.experiments.html_report import write_report
+    from lagvae.experiments.html_report import write_pages
 
-    print(f"wrote {write_report(args.dir, args.out)}")
+    print("wrote " + ", ".join(str(p) for p in write_pages(args.dirs, args.out, args.reference)))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -287,7 +339,7 @@ def _demo(args: argparse.Namespace) -> None:
     from lagvae.training.run_folder import POSTERIOR_PNG
 
     grid = demo_grid(args.out, args.epochs, args.seed, args.iw_samples, args.train_limit, args.overrides)
-    results = run_demo(grid)
+    results = run_demo(grid, args.jobs)
     print(
         f"\nsynthetic preset, {args.train_limit} training sentences, {args.epochs} epochs, seed {args.seed}, "
         f"test IW-NLL with K={args.iw_samples}\n"
@@ -344,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1":
             where = f" (rank {rank} of {os.environ['WORLD_SIZE']})"
         print(f"lagvae: error{where}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk or a read-only folder where no lagvae code said more: still one line
+        where = f" {err.filename}" if err.filename else ""
+        print(f"lagvae: error: cannot read or write{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lagvae: interrupted; the last saved checkpoint is intact", file=sys.stderr)

@@ -30,8 +30,9 @@ class DataConfig:
     latent_dim: int = 2
     train_limit: int | None = None
     eval_limit: int | None = None  # first N validation and test examples, for quick trials
-    # text: folder with train/valid/test.txt; yelp: folder holding yelp_sentences/; omniglot: folder holding
-    # omniglot/ (or chardata.mat); images: a .npy, .npz or folder of PNGs; fashion-mnist: folder of IDX files
+    # text: folder with train/valid/test.txt; yelp: folder holding yelp_sentences/; yahoo: folder holding yahoo/;
+    # omniglot: folder holding omniglot/ (or chardata.mat); images: a .npy, .npz or folder of PNGs;
+    # fashion-mnist: folder of IDX files
     path: str | None = None
     train_path: str | None = None  # text: explicit split files (override data.path)
     valid_path: str | None = None
@@ -261,8 +262,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a dataclass tree from `to_dict` output; unknown keys are an error, missing keys keep defaults."""
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Rebuild a dataclass tree from `to_dict` output; unknown keys are an error, missing keys keep defaults.
+    A section that is not a JSON object, or a value of the wrong type, is a ConfigError naming its key."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -270,9 +272,40 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise ConfigError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
     kwargs = {}
     for key, value in data.items():
-        hint = hints[key]
-        kwargs[key] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+        hint, name = hints[key], f"{prefix}{key}"
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {name!r} is {_json_kind(value)}, not a section (a JSON object)")
+            kwargs[key] = from_dict(hint, value, f"{name}.")
+        else:
+            kwargs[key] = _typed(value, hint, name)
     return cls(**kwargs)
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """`value` as the field's type (an integral float for an int), else a ConfigError naming `key`: a wrong type
+    would otherwise reach a constructor deep inside torch as a traceback."""
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
+    if value is None and len(allowed) < len(typing.get_args(hint)):
+        return value
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if kind is str and isinstance(value, str):
+            return value
+        if kind not in (bool, int, float, str):
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ConfigError(f"config key {key!r} is {_json_kind(value)} {value!r:.40}, expected {names}")
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value), "null" if value is None else type(value).__name__)
 
 
 # Fields that older run folders may hold and that no longer exist (replaced by: see the comment).
@@ -301,11 +334,15 @@ def load_json(path: Path) -> RunConfig:
         raise ConfigError(f"{path} has config schema {data['schema']!r}, newer than this lagvae's {SCHEMA_VERSION}")
     for section, keys in RETIRED.items():
         for key in keys:
-            data.get(section, {}).pop(key, None)
+            if isinstance(data.get(section), dict):  # a section of the wrong type is refused by from_dict
+                data[section].pop(key, None)
     if data["schema"] < 2:
         _move_aliased(data)
     data["schema"] = SCHEMA_VERSION  # translated: what the object holds is this version's layout
-    return from_dict(RunConfig, data)
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
 
 
 def _move_aliased(data: dict[str, Any]) -> None:

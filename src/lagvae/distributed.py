@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -136,6 +139,27 @@ def launched_size() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
 
 
+_watching: list[int] = []  # the launcher this process watches (once per process)
+
+
+def stop_with_launcher(poll_seconds: float = 1.0) -> None:
+    """A daemon thread that SIGTERMs this process once its launcher (torchrun) is gone, as `compare` does for its
+    workers: a rank whose torchrun was SIGKILLed would otherwise train on, re-parented, holding the folder's lock.
+    A rank in training then checkpoints at its next step and stops (the Trainer's SIGTERM stop, agreed by every
+    rank); elsewhere SIGTERM ends it."""
+    if _watching:
+        return
+    launcher = os.getppid()
+    _watching.append(launcher)
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="lagvae-launcher-watch").start()
+
+
 def join(device_name: str, timeout_minutes: float = 30.0) -> tuple[World, str]:
     """Join the process group torchrun described (once per process); returns the world and this rank's device.
 
@@ -144,6 +168,7 @@ def join(device_name: str, timeout_minutes: float = 30.0) -> tuple[World, str]:
     size = launched_size()
     if size == 0:
         return SINGLE, device_name
+    stop_with_launcher()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
     cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())

@@ -15,6 +15,14 @@ class ConfigError(LagvaeError, ValueError):
     """A configuration or input mistake."""
 
 
+class WriteFailed(LagvaeError, OSError):
+    """A file could not be written (a full disk, a read-only folder); the message names the file and the reason.
+    Also an OSError, so code that catches the OS's failures still does."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, without OSError's "[Errno N]"
+
+
 class FolderInUseError(ConfigError):
     """Another live process is training or testing in this run folder."""
 

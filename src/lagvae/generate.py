@@ -246,9 +246,9 @@ def reconstruction_panel(
     seed: int,
     progress: bool,
     posterior: Posterior = amortized,
-) -> tuple[np.ndarray, int]:
-    """n inputs of an image run (from `input_path`, else the run's test split), each beside its reconstruction,
-    and the grid's column count."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """n inputs of an image run (from `input_path`, else the run's test split) and their reconstructions,
+    [n, H, W] each, in the same order."""
     if input_path is not None:
         from lagvae.data.images import read_image_array
 
@@ -263,4 +263,4 @@ def reconstruction_panel(
     images = reconstruct_images(
         model, x.to(_device(model)), sample_z=sample_z, seed=seed, progress=progress, posterior=posterior
     )
-    return np.asarray(images), 2 * min(len(x), 5)
+    return np.asarray(images[0::2]), np.asarray(images[1::2])

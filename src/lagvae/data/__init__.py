@@ -15,6 +15,7 @@ from lagvae.data.corpus import default_data_root, encode_corpus, ptb_lines, user
 from lagvae.data.images import ImageSplits, fashion_mnist_images, omniglot_images, to_sets, user_images
 from lagvae.data.synthetic import generate_synthetic
 from lagvae.data.text import BOS_ID, EOS_ID, SPECIALS, TextSet, Vocab
+from lagvae.data.yahoo import yahoo_lines
 
 
 class BatchSource(Protocol):
@@ -78,6 +79,15 @@ def yelp_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
     return _corpus_splits(yelp_lines(root, config.seed), config, vocab)
 
 
+def yahoo_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
+    """The paper's Yahoo documents, reduced: 9,000 / 1,000 cut from its validation file, its test file whole."""
+    root = Path(config.path) if config.path else default_data_root()
+    if root is None or not (root / "yahoo").is_dir():
+        where = f"{root}/yahoo" if root else "../shared/data/yahoo"
+        raise ConfigError(f"Yahoo documents not found at {where}; set data.path=FOLDER holding yahoo/")
+    return _corpus_splits(yahoo_lines(root), config, vocab)
+
+
 def text_splits(config: DataConfig, vocab: Vocab | None = None) -> Splits:
     return _corpus_splits(user_corpus_lines(config), config, vocab)
 
@@ -97,6 +107,7 @@ LOADERS = {
     "synthetic": synthetic_splits,
     "ptb": ptb_splits,
     "yelp": yelp_splits,
+    "yahoo": yahoo_splits,
     "text": text_splits,
     "omniglot": _image_splits(omniglot_images),
     "fashion-mnist": _image_splits(fashion_mnist_images),

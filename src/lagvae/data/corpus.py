@@ -65,9 +65,20 @@ def read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"corpus file not found: {path}")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark that some editors put at the start is not part of the first word
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); re-encode it, e.g. iconv -t UTF-8") from None
+        raise ConfigError(not_utf8_message(path, err)) from None
+
+
+def not_utf8_message(path: Path, err: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8 (line and byte) and the command that converts the usual culprit, Latin-1."""
+    line = path.read_bytes().count(b"\n", 0, err.start) + 1
+    bad = err.object[err.start : err.start + 1].hex()
+    return (
+        f"{path} is not UTF-8 text: line {line:,} has byte 0x{bad} (at byte {err.start:,}); if it is Latin-1, "
+        f"convert it with: iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}"
+    )
 
 
 def build_vocab(train: Sequence[Sequence[str]], max_vocab: int = 0, min_freq: int = 1) -> Vocab:
@@ -130,8 +141,8 @@ def encode_corpus(
     limits = {"train": config.train_limit, "valid": config.eval_limit, "test": config.eval_limit}
     limits = {split: n if n is not None and n > 0 else None for split, n in limits.items()}
     docs = dict(full)
-    if limits["train"] is not None and config.vocab_from == "used":
-        docs["train"] = docs["train"][: limits["train"]]  # vocabulary and counts from what trains
+    if limits["train"] is not None and config.vocab_from == "used":  # vocabulary and counts from what trains:
+        docs["train"] = docs["train"][: _kept_prefix(docs["train"], limits["train"], config)]  # N kept documents
     vocab = vocab or build_vocab(docs["train"], config.max_vocab, config.min_freq)
     sets = {}
     for split in SPLIT_NAMES:
@@ -141,6 +152,18 @@ def encode_corpus(
         if read < len(full[split]):  # a limit cut the split: its empty lines too are counted up to the cut
             stats.empty_lines[split] = _empty_lines_before(raw[split], read)
     return sets, vocab, stats
+
+
+def _kept_prefix(docs: Sequence[Sequence[str]], n: int, config: DataConfig) -> int:
+    """How many of `docs` to read for `n` of them to survive data.overflow (drop skips those over max_len)."""
+    if config.overflow != "drop" or config.max_len <= 0:
+        return n
+    kept = 0
+    for i, doc in enumerate(docs):
+        kept += len(doc) <= config.max_len
+        if kept == n:
+            return i + 1
+    return len(docs)
 
 
 def _empty_lines_before(lines: Sequence[str], n_docs: int) -> int:

@@ -226,7 +226,7 @@ def read_image_array(path: Path) -> np.ndarray:
             raise ConfigError(f"the PNGs in {path} differ in size; every image must have the same height and width")
         images = np.stack(greys)
     elif path.suffix == ".npy":
-        images = np.load(path, allow_pickle=False)
+        images = _load_npy(path)
     elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
@@ -237,11 +237,29 @@ def read_image_array(path: Path) -> np.ndarray:
         raise ConfigError(f"{path}: expected a .npy, a .npz or a folder of PNGs")
     if images.ndim != 3:
         raise ConfigError(f"{path} has shape {images.shape}; expected N x H x W")
+    if images.size == 0:
+        raise ConfigError(f"{path} holds no pixels (shape {images.shape}); expected N x H x W images")
     if images.dtype.kind not in "biuf":
         raise ConfigError(f"{path} holds {images.dtype} values; expected numbers in [0, 1]")
     images = images.astype(np.float32)
     _check_range(images, path)
     return images
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy file's array; an empty, corrupt or object file is one line saying which (numpy would call random
+    bytes "pickled data", which they are not, and an object array would need pickle, which lagvae never runs)."""
+    with path.open("rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ConfigError(f"{path} is not a .npy file (no NumPy header); it is empty, damaged or of another kind")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "Object arrays" in str(err) or "pickled" in str(err):
+            raise ConfigError(f"{path} holds Python objects, not numbers; save a numeric array (N x H x W)") from None
+        raise ConfigError(f"{path} is a damaged .npy file ({str(err).strip()[:120]})") from None
+    except (OSError, EOFError) as err:
+        raise ConfigError(f"{path} is a damaged .npy file ({str(err).strip()[:120] or type(err).__name__})") from None
 
 
 def user_images(config: DataConfig) -> ImageSplits:

@@ -23,7 +23,7 @@ from lagvae.atomic import atomic_write
 from lagvae.config import ConfigError, RunConfig, apply_override, read_json
 from lagvae.experiments.presets import make_config
 from lagvae.experiments.rows import Summary, build_summary, read_test_cell, to_csv, to_markdown
-from lagvae.training.methods import METHODS, apply_method
+from lagvae.training.methods import METHODS, apply_method, check_method
 from lagvae.training.run_folder import ERROR, FINAL, FolderInUseError, RunFolder
 
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
@@ -63,8 +63,7 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
     """'beta=0.8' -> ('beta', ['train.beta=0.8']); 'vae' -> ('vae', []). A parameter no run can use
     ('beta=x', 'free-bits=-1') fails here, before any cell runs."""
     name, _, value = spec.partition("=")
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    check_method(name)
     if not value:
         return name, []
     if name not in PARAMETER:

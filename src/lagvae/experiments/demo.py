@@ -36,10 +36,10 @@ def demo_grid(
     )  # fmt: skip
 
 
-def run_demo(grid: Grid) -> dict[str, dict[str, Any]]:
-    """Train the demo grid's runs in parallel processes when there are cores for it (a rerun finds finished
-    runs, or resumes a killed one); final.json of each, by method."""
-    results = run_grid(grid, jobs=min(len(grid.methods), os.cpu_count() or 1))
+def run_demo(grid: Grid, jobs: int | None = None) -> dict[str, dict[str, Any]]:
+    """Train the demo grid's runs, `jobs` at a time (default: in parallel processes when there are cores for
+    it; a rerun finds finished runs, or resumes a killed one); final.json of each, by method."""
+    results = run_grid(grid, jobs=jobs or min(len(grid.methods), os.cpu_count() or 1))
     (seed,) = grid.seeds
     for method in grid.methods:
         if not results[(method, seed)]["ok"]:

@@ -1,4 +1,5 @@
-"""`lagvae report DIR`: one self-contained HTML page for a run folder or a compare folder.
+"""`lagvae report PATH...`: one self-contained HTML page for a run folder, a compare folder, several run
+folders (lagvae.experiments.run_set) or several compare grids (lagvae.experiments.benchmark).
 
 Everything comes from the folder's files (config.json, metrics.jsonl, final.json, test_nll.csv,
 posterior_mean.png, compare.json). A compare folder's tables are built from its cells by the row model that
@@ -13,13 +14,17 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lagvae.atomic import atomic_write
 from lagvae.config import ConfigError
-from lagvae.experiments.rows import Summary, sections
+from lagvae.experiments.rows import TIME_REFERENCES, Section, Summary, sections
 from lagvae.training.run_folder import CONFIG, METRICS, POSTERIOR_PNG, RunFolder
+
+if TYPE_CHECKING:
+    from lagvae.experiments.compare import Grid
 
 REPORT = "report.html"
 FINAL_KEYS = ("nll", "ppl", "elbo", "rec", "kl", "mi", "mi_full", "mi_full_n", "au", "epochs", "best_epoch")
@@ -32,6 +37,8 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 3
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; } pre { background: #f7f7f7; padding: 1em; overflow: auto; font-size: 12px; }
 .alarm { color: #a00; } .muted { color: #777; }
+.nowrap td { white-space: nowrap; }
+td.better { background: #e3f4e1; } td.worse { background: #fbe3e1; } td.tie { background: #f4f4f4; }
 """
 CHECK = """
 window.addEventListener("load", () => {
@@ -42,23 +49,69 @@ window.addEventListener("load", () => {
 """
 
 
+def write_pages(paths: Sequence[Path | str], out: Path | str | None = None, reference: str | None = None) -> list[Path]:
+    """`lagvae report PATH...`: one run or compare folder gives its page (`write_report`); several run folders
+    the paired comparison of separately trained runs; compare folders, or a folder of them, the benchmark
+    page. `out`: the page (a name ending .html; its Markdown twin beside it) or a folder to write into.
+    Returns the files written."""
+    folders = [Path(p) for p in paths]
+    runs = [(p / CONFIG).exists() for p in folders]
+    if len(folders) == 1 and (runs[0] or grid_runs(folders[0])):
+        if reference is not None:
+            raise ConfigError("--reference applies to several run folders; a grid's reference is its compare.json's")
+        page = target_paths(out, folders[0], "report")[0]
+        return [write_report(folders[0], page)]
+    if all(runs):
+        from lagvae.experiments.run_set import write_runs_page
+
+        return write_runs_page(folders, out, reference)
+    if any(runs):
+        named = ", ".join(str(p) for p, run in zip(folders, runs, strict=True) if run)
+        raise ConfigError(f"give run folders or compare folders, not both (run folders: {named})")
+    if reference is not None:
+        raise ConfigError("--reference applies to several run folders; a grid's reference is its compare.json's")
+    from lagvae.experiments.benchmark import write_benchmark
+
+    return write_benchmark(folders, out)
+
+
+def target_paths(out: Path | str | None, folder: Path, stem: str) -> tuple[Path, Path]:
+    """The page and its Markdown twin: `out` when it names an .html file, else `stem`.html and `stem`.md in
+    the folder `out` (default `folder`)."""
+    if out is not None and Path(out).suffix == ".html":
+        return Path(out), Path(out).with_suffix(".md")
+    where = Path(out) if out is not None else folder
+    return where / f"{stem}.html", where / f"{stem}.md"
+
+
 def write_report(folder: Path | str, out: Path | str | None = None) -> Path:
     """Write the page for `folder` (a run folder or a compare folder) to `out` (default: folder/report.html)."""
     folder = Path(folder)
     if (folder / CONFIG).exists():
         title, body = _run_page(folder)
-    elif _grid_runs(folder):
+    elif grid_runs(folder):
         title, body = _compare_page(folder)
     else:
         raise ConfigError(f"{folder} is neither a run folder (config.json) nor a compare folder (method/seedN runs)")
-    page = (
+    target = Path(out) if out is not None else folder / REPORT
+    write_text(target, page_html(title, body))
+    return target
+
+
+def page_html(title: str, body: str) -> str:
+    """A whole self-contained page: the style, the body and the script that marks it rendered."""
+    return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n"
         f"<script>{CHECK}</script>\n</body></html>\n"
     )
-    target = Path(out) if out is not None else folder / REPORT
-    atomic_write(target, lambda f: f.write(page.encode()))
-    return target
+
+
+def write_text(target: Path, text: str | bytes) -> None:
+    """Write `target` atomically, creating its folder."""
+    data = text.encode() if isinstance(text, str) else text
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda f: f.write(data))
 
 
 def _run_page(folder: Path) -> tuple[str, str]:
@@ -78,7 +131,7 @@ def _run_page(folder: Path) -> tuple[str, str]:
         parts.append(_table(keys, [[_fmt(final[k]) for k in keys]]))
     parts.append("<h2>Validation, epoch by epoch</h2>")
     if records:
-        parts.append(_img(run_curves_png(records), "per-epoch validation curves"))
+        parts.append(img(run_curves_png(records), "per-epoch validation curves"))
         parts += _alarms(records)
     else:
         parts.append(f'<p class="muted">No {METRICS} yet.</p>')
@@ -86,7 +139,7 @@ def _run_page(folder: Path) -> tuple[str, str]:
     if posterior.exists():
         parts.append("<h2>Posterior-mean space</h2>")
         parts.append("<p>x: the true posterior mean E<sub>p(z|x)</sub>[z] on a grid; y: the encoder's mean.</p>")
-        parts.append(_img(posterior.read_bytes(), "encoder mean against true posterior mean"))
+        parts.append(img(posterior.read_bytes(), "encoder mean against true posterior mean"))
     parts.append("<h2>Config</h2>")
     config_text = html.escape(json.dumps(config, indent=2))
     parts.append(f"<details><summary>config.json (every setting)</summary><pre>{config_text}</pre></details>")
@@ -94,14 +147,17 @@ def _run_page(folder: Path) -> tuple[str, str]:
 
 
 def _alarms(records: list[dict[str, Any]]) -> list[str]:
-    raised = [(r["epoch"], r["alarm"]) for r in records if r.get("alarm")]
-    if not raised:
-        return []
-    items = "".join(f"<li>after epoch {epoch}: {html.escape(kind)}</li>" for epoch, kind in raised)
-    return [f'<p class="alarm">Collapse alarm raised:</p><ul class="alarm">{items}</ul>']
+    from lagvae.training.alarm import ALARM_MEANINGS, alarm_epochs, epoch_ranges
+
+    out = []
+    for kind, epochs in alarm_epochs(records).items():
+        title, meaning = ALARM_MEANINGS.get(kind, (kind, ""))
+        after = f"after epoch{'s' if len(epochs) > 1 else ''} {epoch_ranges(epochs)}"
+        out.append(f'<p><b class="alarm">{html.escape(title)}</b>, {after}: {html.escape(meaning)}</p>')
+    return out
 
 
-def _grid_runs(folder: Path) -> dict[str, list[Path]]:
+def grid_runs(folder: Path) -> dict[str, list[Path]]:
     """The compare folder's runs, method -> seed folders holding metrics.jsonl."""
     runs: dict[str, list[Path]] = {}
     if not folder.is_dir():
@@ -116,11 +172,11 @@ def _grid_runs(folder: Path) -> dict[str, list[Path]]:
 def _compare_page(folder: Path) -> tuple[str, str]:
     from lagvae.plots import metric_curves_png
 
-    runs = _grid_runs(folder)
-    parts = ["<h2>Comparison</h2>", _summary_html(_grid_summary(folder, runs))]
+    runs = grid_runs(folder)
+    parts = ["<h2>Comparison</h2>", _summary_html(grid_summary(folder)[1])]
     curves = {m: [RunFolder(p).read_metrics() for p in seeds] for m, seeds in runs.items()}
     parts.append("<h2>Validation curves (mean over seeds)</h2>")
-    parts.append(_img(metric_curves_png(curves), "validation curves per method"))
+    parts.append(img(metric_curves_png(curves), "validation curves per method"))
     parts.append("<h2>Runs</h2><ul>")
     for method, seeds in runs.items():
         for seed in seeds:
@@ -132,41 +188,65 @@ def _compare_page(folder: Path) -> tuple[str, str]:
     return f"compare · {folder.name}", "\n".join(parts)
 
 
-def _grid_summary(folder: Path, runs: dict[str, list[Path]]) -> Summary:
-    """The grid's row model, rebuilt from its cells: the grid compare.json names (its methods, seeds and
-    reference), else the method folders found here."""
-    from lagvae.experiments.compare import read_cell, read_histories, saved_grid, summarise
+def grid_summary(
+    folder: Path, *, time_references: Sequence[str] = TIME_REFERENCES, every_method: bool = False
+) -> tuple[Grid, Summary]:
+    """The grid and its row model, rebuilt from its cells: the grid compare.json names (its methods, seeds and
+    reference), else the method folders found here. `every_method`: also the method folders and seeds found
+    that compare.json does not name (cells another compare process added to the same folder), and the default
+    reference among them when compare.json names none (a later grid of other methods rewrote it)."""
+    from dataclasses import replace
 
+    from lagvae.experiments.compare import choose_reference, read_cell, read_histories, saved_grid
+    from lagvae.experiments.rows import build_summary, read_test_cell
+
+    runs = grid_runs(folder)
     names = {p.name.removeprefix("seed") for paths in runs.values() for p in paths}
     seeds = sorted(int(name) for name in names if name.isdigit())
     grid = saved_grid(folder, list(runs), seeds)
+    if every_method:
+        methods = (*grid.methods, *(m for m in runs if m not in grid.methods))
+        reference = grid.reference or choose_reference(methods, None)
+        grid = replace(grid, methods=methods, seeds=tuple(sorted({*grid.seeds, *seeds})), reference=reference)
     cells = {(m, s): read_cell(grid.folder(m, s)) for m in grid.methods for s in grid.seeds}
     results = {key: cell for key, cell in cells.items() if cell is not None}
     read_histories(grid, results)
-    return summarise(grid, results)
+    tests = {key: read_test_cell(grid.folder(*key), r) for key, r in results.items() if r["ok"]}
+    summary = build_summary(results, grid.methods, grid.seeds, grid.reference, tests, time_references=time_references)
+    return grid, summary
 
 
 def _summary_html(summary: Summary) -> str:
     """The sections of compare.md (lagvae.experiments.rows.sections) as HTML: the same cells."""
+    return sections_html(sections(summary))
+
+
+def sections_html(blocks: Sequence[Section], cell_class: Callable[[str], str | None] = lambda _: None) -> str:
+    """Sections as HTML (the intro, the table, the notes); `cell_class` may give a cell's text a CSS class."""
     out = []
-    for section in sections(summary):
+    for section in blocks:
         out.append(f"<p>{html.escape(section.intro)}</p>")
         if section.head:
-            out.append(_table(section.head, section.rows))
+            out.append(_table(section.head, section.rows, cell_class))
         if section.notes:
             out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in section.notes) + "</ul>")
     return "\n".join(out)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], cell_class: Callable[[str], str | None] = lambda _: None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_td(c, cell_class(c)) for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _td(text: str, css: str | None) -> str:
+    return f'<td class="{css}">{html.escape(text)}</td>' if css else f"<td>{html.escape(text)}</td>"
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _img(png: bytes, alt: str) -> str:
+def img(png: bytes, alt: str) -> str:
+    """A PNG inlined as a data URI."""
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'

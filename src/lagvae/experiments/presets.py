@@ -43,6 +43,16 @@ def _text(name: str) -> RunConfig:
     return config
 
 
+def yahoo() -> RunConfig:
+    """The paper's Yahoo Answers documents in a reduced setting (lagvae.data.yahoo: train 9,000 and validate on
+    1,000 documents of its validation file, test on its 10,000 test documents): the vocabulary from the whole
+    training part and no length cap (documents are 20-200 tokens), as the paper's vocabulary is its file's."""
+    config = _text("yahoo")
+    config.data.vocab_from = "all"
+    config.data.max_len = 0
+    return config
+
+
 def _user_text() -> RunConfig:
     """Your corpus: the real-text preset with the paper's Yahoo/Yelp vocabulary cap of 20,000 words, so that a
     corpus with many rare words (43,552 types in a 1,000-document trial) does not size the output layer."""
@@ -76,6 +86,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "synthetic-1d": synthetic_1d,
     "ptb": lambda: _text("ptb"),
     "yelp": lambda: _text("yelp"),
+    "yahoo": yahoo,  # ../shared/data/yahoo (or --set data.path=FOLDER holding yahoo/)
     "text": _user_text,  # the user's corpus: --set data.path=FOLDER
     "omniglot": lambda: _images("omniglot", "omniglot", small=False),
     "omniglot-small": lambda: _images("omniglot-small", "omniglot", small=True),

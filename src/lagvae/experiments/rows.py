@@ -92,10 +92,9 @@ class ExampleNLL:
 
 def read_test_cell(folder: Path, final: Mapping[str, Any]) -> ExampleNLL | None:
     """The cell's per-example test NLLs with what identifies them; None for a run from before test_nll.csv."""
-    path = folder / TEST_NLL
-    if not path.exists():
+    table = RunFolder(folder).read_test_table()  # a damaged file is one line naming it
+    if table is None:
         return None
-    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     provenance = RunFolder(folder).read_json(PROVENANCE) or final.get("provenance") or {}
     test_hash = provenance.get("data", {}).get("test")
     return ExampleNLL(table[:, 0].astype(np.int64), table[:, 1], test_hash, final.get("iw_samples"))
@@ -119,10 +118,10 @@ def refusal(cell: ExampleNLL, ref: ExampleNLL) -> str | None:
     return "; ".join(reasons) or None
 
 
-def time_reference(rows: Sequence[Row]) -> str | None:
-    """`vae` when it has finished runs, else `vae-anneal`, else None."""
+def time_reference(rows: Sequence[Row], references: Sequence[str] = TIME_REFERENCES) -> str | None:
+    """The first of `references` with finished runs (`vae`, else `vae-anneal`), else None."""
     finished = {row.method for row in rows if row.runs}
-    return next((m for m in TIME_REFERENCES if m in finished), None)
+    return next((m for m in references if m in finished), None)
 
 
 def build_summary(
@@ -131,11 +130,16 @@ def build_summary(
     seeds: Sequence[int],
     reference: str | None,
     test_cells: Mapping[Key, ExampleNLL | None],
+    *,
+    time_references: Sequence[str] = TIME_REFERENCES,
+    partners: Mapping[str, Sequence[tuple[int, int]]] | None = None,
 ) -> Summary:
     """The rows of a grid. `results`: each cell's final.json ({"ok": True, ...}) or failure ({"ok": False,
-    "error": ...}); `test_cells`: each finished cell's `read_test_cell`."""
+    "error": ...}); `test_cells`: each finished cell's `read_test_cell`; `time_references`: the methods that
+    training times may be relative to, the first finished one chosen; `partners`: per method, its (seed,
+    reference seed) pairs (default: each seed with the same seed, as a grid trains them)."""
     rows = [_row(label, [r for (m, _), r in results.items() if m == label and r["ok"]]) for label in methods]
-    base = next((row for row in rows if row.method == time_reference(rows)), None)
+    base = next((row for row in rows if row.method == time_reference(rows, time_references)), None)
     for row in rows:
         if base is not None and row.runs:
             row.time_rel = row.seconds_per_epoch / base.seconds_per_epoch  # type: ignore[operator]
@@ -144,7 +148,8 @@ def build_summary(
     if reference is not None:
         for row in rows:
             if row.method != reference:
-                row.paired = _pair(row.method, reference, seeds, test_cells, unpaired)
+                pairs = partners[row.method] if partners is not None else [(s, s) for s in seeds]
+                row.paired = _pair(row.method, reference, pairs, test_cells, unpaired)
     runs = [(m, s, results[(m, s)]) for m in methods for s in seeds if results.get((m, s), {}).get("ok")]
     failures = [f"{m} seed {s}: {r['error']}" for (m, s), r in results.items() if not r["ok"]]
     return Summary(reference, base.method if base else None, rows, runs, unpaired, failures)
@@ -161,18 +166,23 @@ def _row(label: str, runs: list[dict[str, Any]]) -> Row:
 
 
 def _pair(
-    label: str, reference: str, seeds: Sequence[int], cells: Mapping[Key, ExampleNLL | None], unpaired: list[str]
+    label: str,
+    reference: str,
+    pairs: Sequence[tuple[int, int]],
+    cells: Mapping[Key, ExampleNLL | None],
+    unpaired: list[str],
 ) -> Paired | None:
-    """`label` against `reference`, seed by seed; each seed both finished but that cannot be paired adds
-    one line to `unpaired`."""
+    """`label` against `reference`, one (seed, reference seed) pair at a time; each pair both finished but
+    that cannot be paired adds one line to `unpaired`."""
     differences = []
-    for seed in seeds:
-        if (label, seed) not in cells or (reference, seed) not in cells:
+    for seed, ref_seed in pairs:
+        if (label, seed) not in cells or (reference, ref_seed) not in cells:
             continue  # not finished on both
-        cell, ref = cells[(label, seed)], cells[(reference, seed)]
+        cell, ref = cells[(label, seed)], cells[(reference, ref_seed)]
         why = f"no {TEST_NLL} (a run from before it)" if cell is None or ref is None else refusal(cell, ref)
         if why is not None:
-            unpaired.append(f"{label} seed {seed} not paired with {reference}: {why}")
+            other = "" if ref_seed == seed else f" seed {ref_seed}"
+            unpaired.append(f"{label} seed {seed} not paired with {reference}{other}: {why}")
             continue
         differences.append(cell.nll - ref.nll)  # type: ignore[union-attr]
     return paired(differences) if differences else None
@@ -235,12 +245,7 @@ def _paired_section(summary: Summary) -> Section:
     for row in summary.rows:
         if row.method == ref:
             continue
-        p = row.paired
-        if p is None:
-            table.append([row.method, "-", "-", "-", "0", NOT_PAIRED])
-            continue
-        interval = "-" if p.low is None else f"[{p.low:+.3f}, {p.high:+.3f}]"
-        table.append([row.method, f"{p.mean:+.3f}", interval, f"{p.within_se:.3f}", str(p.seeds), p.verdict])
+        table.append([row.method, *paired_cells(row.paired)])
     intro = (
         f"Paired against {ref}, example by example (test_nll.csv) and seed by seed: the mean over seeds of each "
         f"seed's mean NLL difference (below 0: lower than {ref}), its 95% t interval over seeds (n - 1 degrees "
@@ -248,6 +253,14 @@ def _paired_section(summary: Summary) -> Section:
         "the interval excludes 0, tie when it holds 0, no verdict with one seed (docs/DESIGN.md, Verdicts)."
     )
     return Section(intro, head, table, summary.unpaired)
+
+
+def paired_cells(p: Paired | None) -> list[str]:
+    """A paired difference as table cells: difference, 95% interval, within-seed SE, seeds, verdict."""
+    if p is None:
+        return ["-", "-", "-", "0", NOT_PAIRED]
+    interval = "-" if p.low is None else f"[{p.low:+.3f}, {p.high:+.3f}]"
+    return [f"{p.mean:+.3f}", interval, f"{p.within_se:.3f}", str(p.seeds), p.verdict]
 
 
 def _runs_section(summary: Summary) -> Section:
@@ -265,8 +278,13 @@ def _runs_section(summary: Summary) -> Section:
 
 def to_markdown(summary: Summary) -> str:
     """compare.md."""
+    return sections_markdown(sections(summary))
+
+
+def sections_markdown(blocks: Sequence[Section]) -> str:
+    """Sections as Markdown: the intro line, the table, the notes as a list."""
     parts = []
-    for section in sections(summary):
+    for section in blocks:
         text = section.intro + "\n"
         if section.head:
             text += "\n" + markdown_table(section.head, section.rows) + "\n"

@@ -45,14 +45,47 @@ def alarm_message(kind: str, record: dict[str, Any], epochs: int, aggressive: bo
                 "train.aggressive.mi_patience) or aggressive-anneal may help"
             )
         return f"posterior collapse after epoch {record['epoch']}: {seen} for {epochs} validations; {remedy}"
-    lower = "a lower KL target (free bits lambda, beta)"
+    lower = "a lower KL target (free bits' lambda, or beta)"
     if aggressive is None:
         remedy = f"try --method aggressive, or {lower}"
     elif aggressive:  # early in aggressive mode the encoder is still separating the codes (OMNIGLOT: KL 20 -> 2)
-        remedy = f"aggressive mode is still on and may yet separate them; if it persists, {lower}"
+        remedy = f"aggressive mode is still on and may yet separate them; if it persists, try {lower}"
     else:
         remedy = f"aggressive mode has ended; {lower} may help"
     return (
         f"KL paid without information after epoch {record['epoch']}: {seen} for {epochs} validations, so codes "
         f"of different inputs overlap; {remedy}"
     )
+
+
+# What each alarm means, for pages that list the epochs that raised it (the report's alarm section)
+ALARM_MEANINGS = {
+    COLLAPSE: (
+        "Posterior collapse",
+        "z is unused: no active unit, I_q and KL near 0, so the decoder models x without it.",
+    ),
+    KL_WITHOUT_INFORMATION: (
+        "KL paid without information",
+        "the KL term is paid (KL above eval.alarm_kl_spent) but I_q, the information z holds about x, is a small "
+        "part of it: the codes of different inputs overlap. Not a collapse: z is in use, inefficiently.",
+    ),
+}
+
+
+def alarm_epochs(records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    """The epochs whose validation raised each alarm, by kind (in ALARM_MEANINGS' order)."""
+    raised = {kind: [r["epoch"] for r in records if r.get("alarm") == kind] for kind in ALARM_MEANINGS}
+    unknown = {r["alarm"] for r in records if r.get("alarm") and r["alarm"] not in ALARM_MEANINGS}
+    raised |= {kind: [r["epoch"] for r in records if r.get("alarm") == kind] for kind in sorted(unknown)}
+    return {kind: epochs for kind, epochs in raised.items() if epochs}
+
+
+def epoch_ranges(epochs: Sequence[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    spans: list[list[int]] = []
+    for e in epochs:
+        if spans and e == spans[-1][1] + 1:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)

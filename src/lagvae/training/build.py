@@ -24,6 +24,9 @@ log = logging.getLogger("lagvae")
 
 
 KL_TERMS = ("plain", "free-bits", "free-bits-example")
+# Seeds below 2**63: torch's generators take at most 2**64 - 1, and the test, the second training phase and each
+# rank's IW stream seed from train.seed plus an offset (lagvae.training.evaluation), which must stay in range too.
+SEED_LIMIT = 2**63
 STRATEGIES: dict[str, type[JointStrategy]] = {
     "joint": JointStrategy,
     "aggressive": AggressiveStrategy,
@@ -52,6 +55,11 @@ def validate(config: RunConfig) -> None:
     }
     if t.pretrain.epochs is not None:
         positive["train.pretrain.epochs"] = t.pretrain.epochs
+    m = config.model
+    if m.kind == "image":  # the sizes each kind's constructors take: 0 or below is a traceback deep in torch
+        positive |= {"model.channels": m.channels, "model.enc_features": m.enc_features}
+    else:
+        positive |= {"model.embed_dim": m.embed_dim, "model.enc_hidden": m.enc_hidden, "model.dec_hidden": m.dec_hidden}
     if d.name == "synthetic":
         positive.update({"data.n_train": d.n_train, "data.n_val": d.n_val, "data.n_test": d.n_test})
         positive.update({"data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size})
@@ -64,11 +72,13 @@ def validate(config: RunConfig) -> None:
     non_negative |= {"eval.batch_size": e.batch_size, "train.clip_grad": t.clip_grad, "train.momentum": t.momentum}
     non_negative |= {"eval.mi_full_max": e.mi_full_max, "eval.alarm_epochs": e.alarm_epochs}
     non_negative |= {"train.beta": t.beta, "train.free_bits": t.free_bits, "train.savae.steps": t.savae.steps}
-    m = config.model
     non_negative |= {"model.bn.gamma": m.bn.gamma, "model.du.rate": m.du.rate, "train.mdr.rate": t.mdr.rate}
     for key, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    for key, value in {"train.seed": t.seed, "data.seed": d.seed}.items():
+        if not 0 <= value < SEED_LIMIT:  # data.seed seeds numpy, which takes no negative seed
+            raise ConfigError(f"{key} must be in [0, 2**63), got {value}")
     choices = {
         "train.optimizer": (t.optimizer, ("sgd", "adam")),
         "train.strategy": (t.strategy, tuple(STRATEGIES)),

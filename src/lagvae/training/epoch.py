@@ -86,3 +86,17 @@ class EpochBar:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def epoch_line(record: dict[str, Any], *, best: bool, aggressive_method: bool, seconds: float) -> str:
+    """The line printed under the bar when an epoch's validation is in: ELBO, KL, I_q over the whole split,
+    active units, aggressive on/off (for the aggressive methods), the epoch's training time."""
+    head = f"epoch {record['epoch']}" + (" (autoencoder)" if record.get("phase") == "autoencoder" else "")
+    parts = [f"validation ELBO {record['elbo']:.2f}" + (" (best)" if best else "")]
+    parts.append(f"KL {record['kl']:.2f}")
+    if "mi_full" in record:
+        parts.append(f"mi_full {record['mi_full']:.2f}")
+    parts.append(f"AU {record['au']}")
+    if aggressive_method:
+        parts.append(f"aggressive {'on' if record['aggressive'] else 'off'}")
+    return f"{head}: {', '.join(parts)}; {seconds:.0f} s"

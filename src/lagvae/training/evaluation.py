@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -147,14 +147,22 @@ def test_metrics(
     device: torch.device,
     progress: bool,
     position: int = 0,
+    stop: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """`evaluate` on the test split with IW-NLL at K = eval.iw_samples, drawing from the test's own seeded
     stream, so re-testing a finished run reproduces its final.json whatever training drew; with it each
-    example's index in the split and its IW-NLL (both empty when iw_samples is 0)."""
+    example's index in the split and its IW-NLL (both empty when iw_samples is 0).
+
+    `stop` is called before each batch and after each chunk of IW samples: it raises to end a long test early
+    (the Trainer's SIGTERM stop)."""
     e = config.eval
     sharded = eval_batches(test, config, world)
     iw = IWProgress(config, sharded, world, device, progress, position) if e.iw_samples > 0 else None
     batches = iw.batches(sharded) if iw else with_progress(sharded, device, "test", progress, position)
+    on_chunk = iw.on_chunk if iw else None
+    if stop is not None:
+        batches = _checked(batches, stop)
+        on_chunk = _then(on_chunk, stop) if on_chunk else None
     nll: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         seed = config.train.seed + TEST_SEED_OFFSET
@@ -164,12 +172,26 @@ def test_metrics(
             iw_generator = torch.Generator(device).manual_seed(seed + IW_RANK_STRIDE * (1 + world.rank))
         metrics = evaluate(
             model, batches, e.iw_samples, e.max_memory_mb, world, iw_generator, e.mi_full_max, posterior, nll,
-            on_iw_chunk=iw.on_chunk if iw else None,
+            on_iw_chunk=on_chunk,
         )  # fmt: skip
     if not nll:
         return metrics, np.zeros(0, dtype=np.int64), np.zeros(0)
     index = torch.cat(sharded.epoch_order()).numpy()
     return metrics, index, torch.cat(nll).double().cpu().numpy()
+
+
+def _checked(batches: Iterable[Batch], stop: Callable[[], None]) -> Iterator[Batch]:
+    for batch in batches:
+        stop()
+        yield batch
+
+
+def _then(first: Callable[[int], None], stop: Callable[[], None]) -> Callable[[int], None]:
+    def both(pairs: int) -> None:
+        first(pairs)
+        stop()
+
+    return both
 
 
 def final_results(

@@ -24,10 +24,11 @@ from lagvae.posterior import PosteriorTracker, latent_grid
 from lagvae.training.aggressive import AggressiveStrategy
 from lagvae.training.alarm import alarm_message, collapse_alarm
 from lagvae.training.build import build_strategy, set_lr, validate
-from lagvae.training.epoch import EpochBar, EpochSums
+from lagvae.training.cost import DecodeCost, StepTimer, cost_line, probe_decoding
+from lagvae.training.epoch import EpochBar, EpochSums, epoch_line
 from lagvae.training.evaluation import eval_batches, final_results, test_metrics, with_progress
 from lagvae.training.finite import check_loss
-from lagvae.training.lr_rule import PlateauHalving
+from lagvae.training.lr_rule import LRDecision, PlateauHalving
 from lagvae.training.provenance import data_fingerprints
 from lagvae.training.resume import Checkpoints, TrainState, restore_snapshots
 from lagvae.training.run_context import RunContext
@@ -92,6 +93,9 @@ class Trainer:
         self.bar_position = bar_position
         self.clock: Callable[[], float] = time.monotonic  # tests inject a fake clock
         self.tensorboard: TensorBoardLog | None = None  # rank 0, while fit() runs with log.tensorboard
+        self.step_timer: StepTimer | None = None  # rank 0, until fit()'s first steps are timed for the estimate
+        self._decode_cost: DecodeCost | None = None  # the IW test's work, probed when fit() begins (rank 0)
+        self.cost_seconds: float | None = None  # the cost estimate's total, once printed
 
     def _make_tracker(self) -> PosteriorTracker | None:
         e = self.config.eval
@@ -123,15 +127,33 @@ class Trainer:
             if cfg.log.tensorboard:
                 self.tensorboard = TensorBoardLog(self.folder.path, st.step)
         val_batches = eval_batches(self.splits.val, cfg, self.world)
+        if self.main and self.training_left():
+            self._decode_cost = probe_decoding(self.model, self.strategy.posterior, self.splits.test, cfg, self.device)
+            self.step_timer = StepTimer(self.device)
         try:
             with self.run.sigterm_stops():
-                while st.phase == AUTOENCODER or (st.epoch - st.phase_epoch < cfg.train.epochs and not st.stopped):
+                while self.training_left():
                     self._epoch(val_batches)
+                    self._stop_if_requested(f"after epoch {st.epoch - 1}")  # SIGTERM in its validation, say
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
                 self.tensorboard = None
         return st
+
+    def _stop_if_requested(self, where: str) -> None:
+        """End the run with Preempted when SIGTERM asked for it (every rank alike); last.pt already holds it."""
+        if self.world.distributed:
+            self.run.stop_requested = self.world.agree([self.run.stop_requested])[0] > 0
+        if self.run.stop_requested:
+            raise Preempted(
+                f"stopped by SIGTERM {where}; {self.folder.file(LAST)} holds the run: rerun with --resume to continue"
+            )
+
+    def training_left(self) -> bool:
+        """Whether fit() has epochs to train: the autoencoder phase, or epochs below the limit and no LR-rule stop."""
+        st = self.state
+        return st.phase == AUTOENCODER or (st.epoch - st.phase_epoch < self.config.train.epochs and not st.stopped)
 
     def _write_run_files(self) -> None:
         cfg, st = self.config, self.state
@@ -157,7 +179,8 @@ class Trainer:
         # the autoencoder phase's own loss is its reconstruction (KL weight 0), as Li et al.'s first stage
         autoencoder = st.phase == AUTOENCODER
         decision = self.lr_rule.update(epoch - st.phase_epoch, val["rec"] if autoencoder else -val["elbo"])
-        st.train_seconds += train["seconds"] + time.perf_counter() - start
+        seconds = train["seconds"] + time.perf_counter() - start
+        st.train_seconds += seconds
         record = {
             "step": st.step,
             "epoch": epoch,
@@ -172,6 +195,7 @@ class Trainer:
         }
         if self.config.train.pretrain.enabled:
             record["phase"] = st.phase
+        self._tell_epoch(record, decision, aggressive, seconds)
         if not autoencoder:  # an autoencoder pays KL for nothing by design
             self._sound_alarm(record)
         st.history.append(record)
@@ -195,6 +219,43 @@ class Trainer:
         if autoencoder and (st.stopped or st.epoch - st.phase_epoch >= self._autoencoder_epochs):
             self._end_autoencoder_phase()
         self.checkpoints.save_last(st)
+
+    def _tell_epoch(self, record: dict[str, Any], decision: LRDecision, aggressive: bool, seconds: float) -> None:
+        """The epoch's line under the bar, then what changed: aggressive mode ended, the LR rule halved or stopped."""
+        if not self.main:
+            return
+        is_aggressive = isinstance(self.strategy, AggressiveStrategy)
+        log.info(epoch_line(record, best=decision.improved, aggressive_method=is_aggressive, seconds=seconds))
+        epoch = record["epoch"]
+        if aggressive and not self.strategy.aggressive:
+            log.info(
+                f"aggressive mode ended after epoch {epoch}: validation I_q stopped rising; joint training from now on"
+            )
+        t, rule = self.config.train, self.lr_rule
+        if decision.decay:
+            log.info(
+                f"no better validation for {t.lr_patience} epochs: learning rate x {t.lr_decay:g} -> {rule.lr:.3g} "
+                f"(decay {rule.decays} of {t.max_decays}), the best model (epoch {self.state.best_epoch}) reloaded"
+            )
+        if decision.stop:
+            log.info(
+                f"training stops after epoch {epoch}: the learning rate was cut {rule.decays} times (train.max_decays)"
+            )
+
+    def _tell_cost(self, per_step: float, steps_done_this_epoch: int) -> None:
+        """The run's cost estimate, once its first steps are timed (decoding was probed when fit() began)."""
+        cfg, st = self.config, self.state
+        iters = len(self.train_batches)
+        epochs = cfg.train.epochs + (self._autoencoder_epochs if st.phase == AUTOENCODER else 0)
+        epochs_left = max(epochs - (st.epoch - (st.phase_epoch if st.phase != AUTOENCODER else 0)), 1)
+        steps_left = epochs_left * iters - steps_done_this_epoch
+        vocab = len(self.splits.vocab) if self.splits.vocab is not None else 0
+        line, self.cost_seconds = cost_line(
+            cfg, per_step=per_step, steps_left=steps_left, steps_per_epoch=iters, epochs_left=epochs_left,
+            decode=self._decode_cost, n_val=len(self.splits.val), n_test=len(self.splits.test), vocab=vocab,
+            aggressive=self.strategy.aggressive,
+        )  # fmt: skip
+        log.info(line)
 
     def _new_lr_rule(self) -> PlateauHalving:
         t = self.config.train
@@ -265,6 +326,11 @@ class Trainer:
                 stop, due_any, step_loss = self.world.agree([run.stop_requested, due, float(stats.loss)])
                 run.stop_requested, due = stop > 0, due_any > 0
             sums.add(step_loss, stats.inner_steps)
+            if self.step_timer is not None:
+                per_step = self.step_timer.step(epoch_over=sums.count == iters)
+                if per_step is not None:
+                    self.step_timer = None
+                    self._tell_cost(per_step, sums.count)
             if self.world.distributed and not np.isfinite(step_loss):
                 self._show(bar, sums)  # raises NonFiniteLossError on every rank at the same step
             if self.tensorboard is not None and st.step % cfg.log.every_steps == 0:
@@ -337,12 +403,24 @@ class Trainer:
 
     # ---- testing -----------------------------------------------------------------------------------------
     def test(self) -> dict[str, Any]:
-        """Reload the best-validation model and write final.json with IW-NLL (K = eval.iw_samples) on test."""
+        """Reload the best-validation model and write final.json with IW-NLL (K = eval.iw_samples) on test.
+
+        SIGTERM stops the test at its next chunk of samples (a test at large K can take hours): last.pt holds
+        the trained run, so --resume goes straight to the test."""
         self.checkpoints.load_best()
-        metrics, index, nll = test_metrics(
-            self.model, self.strategy.posterior, self.splits.test, self.config, self.world, self.device,
-            self.progress, self.bar_position,
-        )  # fmt: skip
+
+        def stop() -> None:  # this rank's request alone: a collective per chunk would cost more than it saves
+            if self.run.stop_requested:
+                raise Preempted(
+                    f"stopped by SIGTERM during the test; {self.folder.file(LAST)} holds the trained run: rerun "
+                    "with --resume to test it"
+                )
+
+        with self.run.sigterm_stops():
+            metrics, index, nll = test_metrics(
+                self.model, self.strategy.posterior, self.splits.test, self.config, self.world, self.device,
+                self.progress, self.bar_position, stop,
+            )  # fmt: skip
         st = self.state
         results = final_results(
             metrics, self.config, st.history, st.train_seconds, st.best_epoch, self.run.provenance()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from lagvae.config import ConfigError, RunConfig, apply_override
@@ -50,10 +51,18 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_method(name: str) -> None:
+    """A one-line error for a method name lagvae does not know, with the closest one when a typo is likely."""
+    if name in METHODS:
+        return
+    guess = difflib.get_close_matches(name, METHODS, n=1)
+    hint = f"did you mean {guess[0]}? " if guess else ""
+    raise ConfigError(f"unknown method {name!r}; {hint}choose from {', '.join(METHODS)}")
+
+
 def apply_method(config: RunConfig, method: str) -> None:
     """Set the fields that define `method`; flags and key=value overrides applied afterwards still win."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    check_method(method)
     config.train.method = method
     settings = METHODS[method] | (IMAGE_SETTINGS.get(method, {}) if config.model.kind == "image" else {})
     for key, value in settings.items():

@@ -37,6 +37,14 @@ class TrainState:
     phase_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def training_over(self, epochs: int) -> bool:
+        """Whether training has ended at `epochs` (train.epochs): what Trainer.fit's loop runs until."""
+        return self.phase != "autoencoder" and (self.stopped or self.epoch - self.phase_epoch >= epochs)
+
+
+# What last.pt holds (save_last); a file without one of them cannot resume the run.
+LAST_KEYS = ("model", "optimizers", "strategy", "lr_rule", "state", "rng", "cuda_rng", "data_rng")
+
 
 class Checkpoints:
     """last.pt and best.pt of one run: what they hold of its training objects, written by rank 0 (atomically)
@@ -93,19 +101,29 @@ class Checkpoints:
             raise ConfigError(f"nothing to resume: {self.last} does not exist")
         self.run.check_data()
         ckpt = checkpoint.load(self.last, self.device)
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError:
-            raise ConfigError(f"{self.last} does not fit this model; was the run trained with other sizes?") from None
-        for opt, opt_state in zip(self.strategy.optimizers(), ckpt["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
-        self.strategy.load_state_dict(ckpt["strategy"])
-        self.lr_rule.load_state_dict(ckpt["lr_rule"])
-        state = TrainState(**ckpt["state"])
-        torch.set_rng_state(ckpt["rng"].cpu())
-        if ckpt["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
-        self.generator.set_state(ckpt["data_rng"].cpu())
+        checkpoint.entries(ckpt, self.last, LAST_KEYS)
+        checkpoint.load_weights(self.model, ckpt, self.last)
+        try:  # a last.pt of another method or an edited one: one line naming the part that does not fit
+            part = "optimiser state"
+            optimizers = self.strategy.optimizers()
+            if len(ckpt["optimizers"]) != len(optimizers):
+                raise ValueError(f"{len(ckpt['optimizers'])} optimisers saved, this run has {len(optimizers)}")
+            for opt, opt_state in zip(optimizers, ckpt["optimizers"], strict=True):
+                opt.load_state_dict(opt_state)
+            part = "strategy state"
+            self.strategy.load_state_dict(ckpt["strategy"])
+            part = "learning-rate rule"
+            self.lr_rule.load_state_dict(ckpt["lr_rule"])
+            part = "counters"
+            state = TrainState(**ckpt["state"])
+            part = "random states"
+            torch.set_rng_state(ckpt["rng"].cpu())
+            if ckpt["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+            self.generator.set_state(ckpt["data_rng"].cpu())
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as err:
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{self.last}: its {part} does not fit this run ({reason})") from None
         return state, ckpt.get("partial_epoch")
 
     def save_best(self, epoch: int) -> None:
@@ -116,7 +134,8 @@ class Checkpoints:
     def load_best(self) -> None:
         """Put best.pt's weights into the model, on every rank."""
         self.run.world.barrier()  # rank 0 has written best.pt
-        self.model.load_state_dict(checkpoint.load(self.run.folder.file(BEST), self.device)["model"])
+        best = self.run.folder.file(BEST)
+        checkpoint.load_weights(self.model, checkpoint.load(best, self.device), best)
 
 
 def restore_snapshots(tracker: PosteriorTracker, npz: Path, step: int) -> None:

@@ -10,7 +10,7 @@ from lagvae.config import RunConfig, apply_override, flatten, load_json, to_dict
 from lagvae.errors import ConfigError
 from lagvae.training.loop import Trainer
 from lagvae.training.run_context import RunContext
-from lagvae.training.run_folder import CONFIG, LAST, RunFolder
+from lagvae.training.run_folder import CONFIG, FINAL, LAST, RunFolder
 
 log = logging.getLogger("lagvae")
 
@@ -29,6 +29,7 @@ def train_and_evaluate(
     resume: bool | str = False,
     overwrite: bool = False,
     bar_position: int = 0,
+    retest: bool = False,
 ) -> dict[str, Any]:
     """Train `config` into `out_dir`, then test the best model; returns final.json's dict.
 
@@ -39,6 +40,8 @@ def train_and_evaluate(
       (a run killed before its first checkpoint) asks for the same run;
     - overwrite=True deletes the old run's files first;
     - otherwise it is a one-line error.
+    A resumed run that is finished (final.json written, no epoch left to train) is not tested again: its
+    final.json is returned as it is, unless `retest`.
     """
     mode = ("yes" if resume else "no") if isinstance(resume, bool) else resume
     if mode not in RESUME_MODES:
@@ -49,6 +52,10 @@ def train_and_evaluate(
         trainer = Trainer(config, run, bar_position=bar_position)
         if mode == "yes":
             trainer.resume()
+            final = run.folder.read_json(FINAL)  # every rank reads it, so all of them stop or all go on
+            if final is not None and not trainer.training_left() and not retest:
+                log.info(f"{run.folder.path} holds a finished run (final.json); --retest tests it again")
+                return final
         trainer.fit()
         return trainer.test()
 

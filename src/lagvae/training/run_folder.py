@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lagvae.atomic import atomic_write, save_json_atomic
+from lagvae.atomic import atomic_write, save_json_atomic, write_failed
 from lagvae.config import RunConfig, read_json, to_dict
 from lagvae.errors import ConfigError, FolderInUseError  # FolderInUseError: also imported from here, as before
 
@@ -23,9 +23,31 @@ ERROR = "error.txt"  # written by `compare` when a cell fails
 PROVENANCE = "provenance.json"  # versions, device and data hashes at the run's start
 TEST_NLL = "test_nll.csv"  # each test example's IW-NLL, for paired comparisons between runs
 LOCK = ".lock"  # flock-ed by the one process writing the run; holds its pid for the refusal message
+# `eval --iw-samples K` at a K other than the run's: its numbers beside final.json and test_nll.csv
+EVAL_JSON, EVAL_NLL = "eval_k{k}.json", "test_nll_k{k}.csv"
 RUN_FILES = (
     CONFIG, VOCAB, METRICS, FINAL, DATA_STATS, BEST, LAST, POSTERIOR_PNG, POSTERIOR_NPZ, ERROR, PROVENANCE, TEST_NLL,
 )  # fmt: skip
+
+
+# What every metrics.jsonl record holds and its readers (eval, report, compare) index without looking.
+RECORD_KEYS = ("step", "epoch", "lr", "train_seconds")
+# Files opened in place in a run folder are opened without following a symlink (POSIX O_NOFOLLOW; 0 elsewhere):
+# in a folder others can write to, a planted link would make this process write the file it points to.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_in_place(path: Path, flags: int, mode: str) -> Any:
+    """`path` opened with os.open `flags` (and `mode` for the file object), refusing a symlink with one line."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError:
+        if path.is_symlink():  # ELOOP, or EEXIST/ENOENT for a dangling one
+            raise ConfigError(
+                f"{path} is a symbolic link; lagvae does not write through links in a run folder: delete it"
+            ) from None
+        raise
+    return os.fdopen(fd, mode)
 
 
 class RunFolder:
@@ -39,7 +61,8 @@ class RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
-            probe.write_text("")
+            probe.unlink(missing_ok=True)  # a leftover, or a planted symlink: removed, never written through
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
             probe.unlink()
         except OSError as err:
             raise ConfigError(f"cannot write to output folder {str(self.path)!r}: {err.strerror}") from None
@@ -63,7 +86,7 @@ class RunFolder:
         made = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            handle = self.file(LOCK).open("a+")
+            handle = open_in_place(self.file(LOCK), os.O_RDWR | os.O_CREAT, "r+")
         except OSError as err:
             raise ConfigError(f"cannot write to output folder {str(self.path)!r}: {err.strerror}") from None
         try:
@@ -94,7 +117,7 @@ class RunFolder:
 
     def remove_orphans(self) -> None:
         """Delete the temporaries of atomic writes that a kill interrupted (`.<name>.<random>.tmp`)."""
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, EVAL_JSON.format(k="*"), EVAL_NLL.format(k="*")):
             for orphan in self.path.glob(f".{name}.*.tmp"):
                 orphan.unlink(missing_ok=True)
 
@@ -102,14 +125,20 @@ class RunFolder:
         """Delete the run files (and only those) so that a new run can start here."""
         for name in RUN_FILES:
             self.file(name).unlink(missing_ok=True)
+        for pattern in (EVAL_JSON.format(k="*"), EVAL_NLL.format(k="*")):  # an old run's re-tests
+            for path in self.path.glob(pattern):
+                path.unlink(missing_ok=True)
         self.remove_orphans()
 
     def write_config(self, config: RunConfig) -> None:
         save_json_atomic(to_dict(config), self.file(CONFIG))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.file(METRICS).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open_in_place(self.file(METRICS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:  # a full disk: one line naming the file (resume rewrites it from last.pt)
+            raise write_failed(self.file(METRICS), err) from None
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """metrics.jsonl anew from a resumed run's history: a crash after an epoch's record was appended but
@@ -126,9 +155,15 @@ class RunFolder:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if line:
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
                     raise ConfigError(f"{path} line {number} is not JSON; the file is damaged") from None
+                if not isinstance(record, dict):
+                    raise ConfigError(f"{path} line {number} is not an epoch's record (a JSON object)")
+                missing = [key for key in RECORD_KEYS if key not in record]
+                if missing:
+                    raise ConfigError(f"{path} line {number} lacks {', '.join(missing)}; the file is damaged")
+                records.append(record)
         return records
 
     def write_final(
@@ -140,18 +175,35 @@ class RunFolder:
             self._write_test_nll(index, nll)
         save_json_atomic(results, self.file(FINAL))
 
-    def _write_test_nll(self, index: np.ndarray, nll: np.ndarray) -> None:
+    def write_eval(self, results: dict[str, Any], index: np.ndarray, nll: np.ndarray, k: int) -> None:
+        """A re-test at K other than the run's, beside final.json and test_nll.csv: those stay the run's."""
+        if len(nll):
+            self._write_test_nll(index, nll, EVAL_NLL.format(k=k))
+        save_json_atomic(results, self.file(EVAL_JSON.format(k=k)))
+
+    def _write_test_nll(self, index: np.ndarray, nll: np.ndarray, name: str = TEST_NLL) -> None:
         order = np.argsort(index, kind="stable")
         lines = ["index,nll", *(f"{int(i)},{float(v):.6f}" for i, v in zip(index[order], nll[order], strict=True))]
-        atomic_write(self.file(TEST_NLL), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+        atomic_write(self.file(name), lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
     def read_test_nll(self) -> np.ndarray | None:
         """Each test example's IW-NLL in index order (test_nll.csv), None when the run has not saved it."""
+        table = self.read_test_table()
+        return None if table is None else table[:, 1]
+
+    def read_test_table(self) -> np.ndarray | None:
+        """test_nll.csv as rows of (index, nll), None when absent; a file that does not parse is one line."""
         path = self.file(TEST_NLL)
         if not path.exists():
             return None
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-        return table[:, 1]
+        try:
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        except (OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"cannot read {path}: {reason}; it is damaged (expected index,nll lines)") from None
+        if table.shape[1] != 2 or not len(table):
+            raise ConfigError(f"cannot read {path}: expected index,nll lines, found {table.shape[1]} columns")
+        return table
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """A JSON run file as a dict, None when absent; a damaged one is a one-line error naming it."""

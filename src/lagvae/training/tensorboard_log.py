@@ -20,6 +20,11 @@ class TensorBoardLog:
             raise ConfigError(
                 "log.tensorboard=true needs the tensorboard package: pip install 'lagvae[tensorboard]'"
             ) from None
+        if (run_dir / TENSORBOARD_DIR).is_symlink():  # its event files would be written where the link points
+            raise ConfigError(
+                f"{run_dir / TENSORBOARD_DIR} is a symbolic link; lagvae does not write through links in a run "
+                "folder: delete it"
+            )
         # purge_step drops events a killed run logged after the checkpoint this run resumes from
         self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=resume_step or None)
 
