@@ -57,11 +57,17 @@ for step in "$@"; do
     report)
       $L compare "${PTB[@]}" --reference aggressive-anneal --out $OUT/ptb --report-only \
         --methods vae,vae-anneal,aggressive,aggressive-anneal,lm,cyclical,free-bits=0.5,savae-anneal,$LATER
-      $L compare "${SYN[@]}" --seeds 3 --methods "vae,vae-anneal,aggressive,aggressive-anneal,$LATER" \
-        --reference aggressive-anneal --out $OUT/synthetic --report-only
+      if [ -d $OUT/synthetic ]; then
+        $L compare "${SYN[@]}" --seeds 3 --methods "vae,vae-anneal,aggressive,aggressive-anneal,$LATER" \
+          --reference aggressive-anneal --out $OUT/synthetic --report-only
+      fi
       $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --out $OUT/yelp --report-only
       $L compare "${OMNI[@]}" --methods aggressive-anneal,vae,vae-anneal,pixelcnn,bn-vae,delta-vae,du-vae,skip-vae \
-        --out $OUT/omniglot --report-only ;;
+        --out $OUT/omniglot --report-only
+      if [ -d $OUT/yahoo ]; then
+        $L compare "${YAHOO[@]}" --methods "vae,vae-anneal,aggressive-anneal,lm,aggressive,$LATER" \
+          --reference aggressive-anneal --out $OUT/yahoo --report-only
+      fi ;;
     keep)  # stage finished cells' small files (the folder is git-ignored, so half-trained cells never are)
       for final in $(find $OUT -name final.json); do
         cell=$(dirname "$final")

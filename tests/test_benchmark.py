@@ -174,3 +174,11 @@ def test_the_benchmark_page_renders_in_headless_chromium(grids, tmp_path):
     assert (tmp_path / "shot.png").stat().st_size > 20_000
     runs = write_pages([grids / "ptb" / "lm" / "seed0", grids / "ptb" / "vae-anneal" / "seed0"], tmp_path / "r.html")
     assert check(runs[0], None, 1280, 1200) is None
+
+
+def test_a_grid_whose_reference_has_not_finished_gets_no_figure_instead_of_a_traceback(grids, tmp_path):
+    for final in (grids / "ptb" / "aggressive-anneal").glob("seed*/final.json"):
+        final.unlink()  # a grid in progress: the reference's cells are still training
+    assert main(["report", str(grids), "--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "benchmark.md").read_text()
+    assert "benchmark_yelp.png" in md and "benchmark_ptb.png" not in md

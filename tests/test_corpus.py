@@ -77,6 +77,9 @@ def test_read_lines_gives_each_line_without_its_ending_and_names_the_bad_file(tm
     assert message.startswith(f"{path} is not UTF-8") and "(at byte 6)" in message and "\n" not in message
     # the line it fails on, and a conversion that works on Latin-1 (iconv -t UTF-8 alone assumes the locale's)
     assert "line 2 has byte 0xe9" in message and f"iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8" in message
+    path.write_bytes(b"\xef\xbb\xbfab\n\xe9\n")  # after a byte-order mark: still the file's line and byte
+    with pytest.raises(ConfigError, match=r"line 2 has byte 0xe9 \(at byte 6\)"):
+        read_lines(path)
     with pytest.raises(ConfigError) as err:
         read_lines(tmp_path / "absent.txt")
     assert str(err.value) == f"corpus file not found: {tmp_path / 'absent.txt'}"  # the path, on one line

@@ -377,3 +377,9 @@ def test_a_grid_passes_each_methods_parameter_to_its_runs(tmp_path: Path) -> Non
     assert specs[("beta=0.2", 0)].out == tmp_path / "beta=0.2" / "seed0"
     lines = [line for line in plan_commands(grid) if "--method savae" in line]
     assert len(lines) == 2 and all("--set train.savae.steps=3 --set x.y=1" in line for line in lines)
+
+
+def test_retest_without_resume_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "synthetic", "--retest", "--out", str(tmp_path / "run"), *TINY]) == 2
+    assert "--retest tests a finished run again: it needs --resume" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

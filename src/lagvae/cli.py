@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lagvae.config import RunConfig
-from lagvae.errors import LagvaeError
+from lagvae.errors import ConfigError, LagvaeError
 from lagvae.experiments.presets import PRESETS, SIZES, make_config
 from lagvae.training.methods import METHODS
 
@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     rep.add_argument(
         "--out", type=Path,
-        help="the page (a name ending .html; a Markdown twin goes beside it) or a folder for report.html or "
-        "benchmark.html (default: DIR, or the current folder for several)",
+        help="the page (a name ending .html; with several folders a Markdown twin goes beside it) or a folder "
+        "for report.html or benchmark.html (default: DIR, or the current folder for several)",
     )  # fmt: skip
     rep.add_argument("--reference", help="several run folders: the method the others are paired against")
 
@@ -191,6 +191,8 @@ def _train(args: argparse.Namespace) -> None:
         overrides=[*flags, *args.overrides],
     )
     out = args.out or Path("runs") / f"{args.preset}-{args.method}"
+    if args.retest and args.resume == "no":
+        raise ConfigError("--retest tests a finished run again: it needs --resume (or --resume auto)")
     results = train_and_evaluate(config, out, resume=args.resume, overwrite=args.overwrite, retest=args.retest)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -392,7 +392,7 @@ def apply_override(config: RunConfig, assignment: str) -> None:
         if part not in names:
             prefix = ".".join(parts[:depth])
             full = [f"{prefix}.{n}" if prefix else n for n in names]
-            guess = difflib.get_close_matches(key, _all_keys(config), n=1)
+            guess = difflib.get_close_matches(key, list(flatten(to_dict(config))), n=1)
             hint = f"; did you mean {guess[0]}?" if guess else f"; choose from {', '.join(full)}"
             raise ConfigError(f"unknown config key {key!r}{hint}")
         if depth == len(parts) - 1:
@@ -404,12 +404,3 @@ def apply_override(config: RunConfig, assignment: str) -> None:
             node = getattr(node, part)
             if not dataclasses.is_dataclass(node):
                 raise ConfigError(f"{'.'.join(parts[: depth + 1])!r} is not a section")
-
-
-def _all_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        name = f"{prefix}{f.name}"
-        keys.extend(_all_keys(value, name + ".") if dataclasses.is_dataclass(value) else [name])
-    return keys

@@ -121,7 +121,7 @@ def _clip_elbo_axis(ax, lines: dict, styles: dict, lowest_final: float) -> None:
     """Let the ELBO axis reach ELBO_SPAN times the spread of the curves' final values (top to lowest final
     value, at least 5 nats) below the lowest final value, so a first epoch tens of nats lower does not flatten
     the end; when that clips points, mark each at the axis's bottom and write how many, and the lowest."""
-    low, high = ax.get_ylim()
+    _, high = ax.get_ylim()
     top = max(float(np.nanmax(vals)) for _, vals in lines.values())
     bottom = lowest_final - ELBO_SPAN * max(top - lowest_final, 5.0)
     clipped = [
@@ -158,12 +158,6 @@ def image_grid(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
         top, left = pad + r * (h + pad), pad + c * (w + pad)
         grid[top : top + h, left : left + w] = image
     return grid
-
-
-def save_image_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> None:
-    """Write `image_grid` as a PNG, pixel value 1 white and 0 black, each pixel `scale` x `scale` screen pixels."""
-    grid = image_grid(images, cols).repeat(scale, axis=0).repeat(scale, axis=1)
-    atomic_write(path, lambda f: matplotlib.image.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
 
 
 def _strip_axes(fig: Figure, n_rows: int, gap_after: set[int]) -> list:  # type: ignore[type-arg]

@@ -73,10 +73,12 @@ def read_lines(path: Path) -> list[str]:
 
 def not_utf8_message(path: Path, err: UnicodeDecodeError) -> str:
     """Where a file stops being UTF-8 (line and byte) and the command that converts the usual culprit, Latin-1."""
-    line = path.read_bytes().count(b"\n", 0, err.start) + 1
+    # err.object is what the decoder saw: utf-8-sig hands it the bytes after a byte-order mark
+    line = err.object.count(b"\n", 0, err.start) + 1
+    offset = err.start + len(path.read_bytes()) - len(err.object)
     bad = err.object[err.start : err.start + 1].hex()
     return (
-        f"{path} is not UTF-8 text: line {line:,} has byte 0x{bad} (at byte {err.start:,}); if it is Latin-1, "
+        f"{path} is not UTF-8 text: line {line:,} has byte 0x{bad} (at byte {offset:,}); if it is Latin-1, "
         f"convert it with: iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}"
     )
 

@@ -70,7 +70,8 @@ def find_grids(paths: Sequence[Path]) -> list[Path]:
 
 
 def load_grid(folder: Path, name: str | None = None) -> GridResult:
-    """A grid's rows (every method folder found, with the seeds compare.json names), times relative to vae-anneal."""
+    """A grid's rows (every method folder found; compare.json's seeds and any others on disk), times relative
+    to vae-anneal."""
     grid, summary = grid_summary(folder, time_references=(TIME_BASE,), every_method=True)
     failed: dict[str, int] = {}
     for line in summary.failures:  # "method seed S: error", as build_summary words them
@@ -182,6 +183,8 @@ def tradeoff_png(g: GridResult, colours: dict[str, tuple[float, ...]]) -> bytes 
         ax.scatter([x], [p.mean], s=50, facecolors=face, edgecolors=colour, zorder=3, label=label)
         spread.append(p.mean)
         xs.append(x)
+    if not xs:  # the reference has no finished seed yet: nothing to pair
+        return None
     ax.set_xscale("log")
     ax.set_xlim(min(xs) / 1.25, max(xs) * 1.25)
     ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]))
@@ -224,9 +227,9 @@ INTRO = (
     "One row model for every grid (compare's: lagvae.experiments.rows). NLL: the test importance-weighted "
     "bound; KL and I_q (mi_full) on the whole test split; AU: active units; time: total training seconds "
     f"relative to {TIME_BASE}'s on the same dataset (the runs shared the machine differently, so take ratios "
-    "below 1.5x as equal); cells finished: seeds with a final.json of the seeds the grid names. Differences "
-    "are paired per test example and per seed against each grid's reference; the verdict needs at least 2 "
-    "seeds (docs/DESIGN.md, Verdicts)."
+    "below 1.5x as equal); cells finished: seeds with a final.json of the seeds compare.json names or found "
+    "on disk. Differences are paired per test example and per seed against each grid's reference; the "
+    "verdict needs at least 2 seeds (docs/DESIGN.md, Verdicts)."
 )
 
 

@@ -108,9 +108,8 @@ def page_html(title: str, body: str) -> str:
 
 
 def write_text(target: Path, text: str | bytes) -> None:
-    """Write `target` atomically, creating its folder."""
+    """Write `target` atomically (atomic_write creates its folder)."""
     data = text.encode() if isinstance(text, str) else text
-    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda f: f.write(data))
 
 

@@ -74,9 +74,9 @@ ALARM_MEANINGS = {
 
 def alarm_epochs(records: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     """The epochs whose validation raised each alarm, by kind (in ALARM_MEANINGS' order)."""
-    raised = {kind: [r["epoch"] for r in records if r.get("alarm") == kind] for kind in ALARM_MEANINGS}
     unknown = {r["alarm"] for r in records if r.get("alarm") and r["alarm"] not in ALARM_MEANINGS}
-    raised |= {kind: [r["epoch"] for r in records if r.get("alarm") == kind] for kind in sorted(unknown)}
+    kinds = [*ALARM_MEANINGS, *sorted(unknown)]
+    raised = {kind: [r["epoch"] for r in records if r.get("alarm") == kind] for kind in kinds}
     return {kind: epochs for kind, epochs in raised.items() if epochs}
 
 

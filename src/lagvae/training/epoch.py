@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 # Defined in lagvae.errors; re-exported here, where they were defined before.
 from lagvae.errors import NonFiniteLossError as NonFiniteLossError
 from lagvae.errors import Preempted as Preempted
+from lagvae.training.resume import AUTOENCODER
 
 REFRESH_SECONDS = 2.0  # the progress bar refreshes (and syncs with the device) at most this often
 
@@ -91,7 +92,7 @@ class EpochBar:
 def epoch_line(record: dict[str, Any], *, best: bool, aggressive_method: bool, seconds: float) -> str:
     """The line printed under the bar when an epoch's validation is in: ELBO, KL, I_q over the whole split,
     active units, aggressive on/off (for the aggressive methods), the epoch's training time."""
-    head = f"epoch {record['epoch']}" + (" (autoencoder)" if record.get("phase") == "autoencoder" else "")
+    head = f"epoch {record['epoch']}" + (" (autoencoder)" if record.get("phase") == AUTOENCODER else "")
     parts = [f"validation ELBO {record['elbo']:.2f}" + (" (best)" if best else "")]
     parts.append(f"KL {record['kl']:.2f}")
     if "mi_full" in record:

@@ -30,7 +30,7 @@ from lagvae.training.evaluation import eval_batches, final_results, test_metrics
 from lagvae.training.finite import check_loss
 from lagvae.training.lr_rule import LRDecision, PlateauHalving
 from lagvae.training.provenance import data_fingerprints
-from lagvae.training.resume import Checkpoints, TrainState, restore_snapshots
+from lagvae.training.resume import AUTOENCODER, Checkpoints, TrainState, restore_snapshots
 from lagvae.training.run_context import RunContext
 from lagvae.training.run_folder import DATA_STATS, LAST, POSTERIOR_NPZ, POSTERIOR_PNG, PROVENANCE, VOCAB
 from lagvae.training.runtime import setup_runtime
@@ -40,7 +40,6 @@ from lagvae.training.tensorboard_log import TensorBoardLog
 from lagvae.training.world import check_shards, prepare_model
 
 log = logging.getLogger("lagvae")
-AUTOENCODER = "autoencoder"  # TrainState.phase of train.pretrain's first phase
 LARGE_VOCAB = 20_000  # above this many words a run warns (the paper's Yahoo/Yelp cap)
 
 
@@ -152,8 +151,7 @@ class Trainer:
 
     def training_left(self) -> bool:
         """Whether fit() has epochs to train: the autoencoder phase, or epochs below the limit and no LR-rule stop."""
-        st = self.state
-        return st.phase == AUTOENCODER or (st.epoch - st.phase_epoch < self.config.train.epochs and not st.stopped)
+        return not self.state.training_over(self.config.train.epochs)
 
     def _write_run_files(self) -> None:
         cfg, st = self.config, self.state
@@ -238,9 +236,8 @@ class Trainer:
                 f"(decay {rule.decays} of {t.max_decays}), the best model (epoch {self.state.best_epoch}) reloaded"
             )
         if decision.stop:
-            log.info(
-                f"training stops after epoch {epoch}: the learning rate was cut {rule.decays} times (train.max_decays)"
-            )
+            ends = "the autoencoder phase ends" if record.get("phase") == AUTOENCODER else "training stops"
+            log.info(f"{ends} after epoch {epoch}: the learning rate was cut {rule.decays} times (train.max_decays)")
 
     def _tell_cost(self, per_step: float, steps_done_this_epoch: int) -> None:
         """The run's cost estimate, once its first steps are timed (decoding was probed when fit() began)."""

@@ -20,6 +20,8 @@ from lagvae.training.run_context import RunContext
 from lagvae.training.run_folder import BEST, LAST
 from lagvae.training.strategies import JointStrategy
 
+AUTOENCODER = "autoencoder"  # TrainState.phase of train.pretrain's first phase
+
 
 @dataclass
 class TrainState:
@@ -39,7 +41,7 @@ class TrainState:
 
     def training_over(self, epochs: int) -> bool:
         """Whether training has ended at `epochs` (train.epochs): what Trainer.fit's loop runs until."""
-        return self.phase != "autoencoder" and (self.stopped or self.epoch - self.phase_epoch >= epochs)
+        return self.phase != AUTOENCODER and (self.stopped or self.epoch - self.phase_epoch >= epochs)
 
 
 # What last.pt holds (save_last); a file without one of them cannot resume the run.

@@ -186,11 +186,6 @@ class RunFolder:
         lines = ["index,nll", *(f"{int(i)},{float(v):.6f}" for i, v in zip(index[order], nll[order], strict=True))]
         atomic_write(self.file(name), lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
-    def read_test_nll(self) -> np.ndarray | None:
-        """Each test example's IW-NLL in index order (test_nll.csv), None when the run has not saved it."""
-        table = self.read_test_table()
-        return None if table is None else table[:, 1]
-
     def read_test_table(self) -> np.ndarray | None:
         """test_nll.csv as rows of (index, nll), None when absent; a file that does not parse is one line."""
         path = self.file(TEST_NLL)
