@@ -18,6 +18,7 @@ from lagvae.models.heads import BNHead, DeltaHead, DUHead, delta_variance_bounds
 from lagvae.objectives import free_bits_example_kl, gaussian_kl_per_dim
 from lagvae.training.mdr import MDRStrategy
 from tests.test_cli import TINY
+from tests.test_training_behaviour import _records
 
 LATER = ("pretrain-fb", "bn-vae", "delta-vae", "du-vae", "skip-vae", "mdr")
 finite = st.floats(-30, 30, allow_nan=False, width=32)
@@ -193,10 +194,6 @@ def _pretrain(out: Path, *extra: str) -> int:
     from lagvae.cli import main
 
     return main(["train", "synthetic", "--method", "pretrain-fb", "--out", str(out), *PRETRAIN, *extra])
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

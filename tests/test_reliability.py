@@ -21,9 +21,9 @@ from lagvae.experiments.compare import Grid, run_grid
 from lagvae.experiments.presets import make_config
 from lagvae.training.build import validate
 from tests.test_cli import TINY
+from tests.test_kill_resume import _outcome
 from tests.test_run_folder import _errors, _snapshot, _train
 
-TIMES = ("train_seconds", "seconds", "provenance")
 SETS = tuple(value for flag, value in zip(TINY, TINY[1:], strict=False) if flag == "--set")
 
 
@@ -33,15 +33,6 @@ def _one_error(capsys: pytest.CaptureFixture[str]) -> str:
     errors = _errors(err)
     assert len(errors) == 1 and "Traceback" not in err, err
     return errors[0]
-
-
-def _without_times(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMES}
-
-
-def _outcome(out: Path) -> tuple[list[dict], dict]:
-    records = [_without_times(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return records, _without_times(json.loads((out / "final.json").read_text()))
 
 
 def _sigterm_self() -> None:
