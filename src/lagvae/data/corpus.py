@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lagvae.config import ConfigError, DataConfig
-from lagvae.data.text import TextSet, Vocab
+from lagvae.data.text import UNK, TextSet, Vocab
 
 SPLIT_NAMES = ("train", "valid", "test")
 # used: the vocabulary and training statistics come from the training documents a run uses (after
@@ -120,7 +120,8 @@ def encode_documents(
             truncated += counted
         ids = vocab.encode(doc)
         if counted:
-            unknown += sum(1 for w in doc if w not in vocab.stoi)
+            # a word outside the vocabulary, or the corpus's own unknown word (PTB's <unk>, Yahoo's _UNK)
+            unknown += sum(1 for w in doc if w == UNK or w not in vocab.stoi)
             longest = max(longest, len(doc))
         encoded.append(ids)
     stats.truncated[split], stats.dropped[split], stats.unknown_tokens[split] = truncated, dropped, unknown
