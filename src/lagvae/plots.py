@@ -139,10 +139,11 @@ def _clip_elbo_axis(ax, lines: dict, styles: dict, lowest_final: float) -> None:
 
 def metric_curves_png(curves: dict[str, list[list[dict]]], keys: tuple[str, ...] = CURVE_KEYS) -> bytes:
     """`metric_curves_figure` as PNG bytes."""
-    return _png(metric_curves_figure(curves, keys), dpi=110)
+    return png_bytes(metric_curves_figure(curves, keys), dpi=110)
 
 
-def _png(fig: Figure, dpi: int) -> bytes:
+def png_bytes(fig: Figure, dpi: int) -> bytes:
+    """The figure as PNG bytes (for pages that embed their images)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
@@ -260,4 +261,4 @@ def run_curves_png(records: list[dict]) -> bytes:
     key = "shaded: aggressive epochs   dashed: LR decay   red: an alarm (collapse, or KL without information)"
     fig.text(0.01, 0.005, key, fontsize=8)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    return _png(fig, dpi=90)
+    return png_bytes(fig, dpi=90)

@@ -29,6 +29,7 @@ from lagvae.experiments.html_report import (
     write_text,
 )
 from lagvae.experiments.rows import NOT_PAIRED, Row, Section, Summary, paired_cells, sections_markdown
+from lagvae.plots import png_bytes
 from lagvae.stats import BETTER, TIE, WORSE
 
 TIME_BASE = "vae-anneal"
@@ -202,15 +203,7 @@ def tradeoff_png(g: GridResult, colours: dict[str, tuple[float, ...]]) -> bytes 
     ax.grid(True, which="both", color="0.93")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    return _png(fig)
-
-
-def _png(fig: Figure) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png_bytes(fig, dpi=100)
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, tuple[float, ...]]:

@@ -16,10 +16,20 @@ KINDS = ("lstm", "image")
 ENC_INITS = ("uniform", "torch")
 
 
+def check_choices(config: ModelConfig) -> None:
+    """Refuse a model.kind, model.posterior or model.enc_init that no model has, in one line each (the config
+    validation calls this too, so a grid refuses it before any cell runs)."""
+    for key, value, allowed in (
+        ("model.kind", config.kind, KINDS),
+        ("model.posterior", config.posterior, HEADS),
+        ("model.enc_init", config.enc_init, ENC_INITS),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"unknown {key} {value!r}; choose from {', '.join(allowed)}")
+
+
 def build_head(config: ModelConfig) -> nn.Module:
     """The posterior head `config.posterior` names, with its section's settings."""
-    if config.posterior not in HEADS:
-        raise ConfigError(f"unknown model.posterior {config.posterior!r}; choose from {', '.join(HEADS)}")
     if config.posterior == "bn":
         return BNHead(config.latent_dim, config.bn.gamma)
     if config.posterior == "delta":
@@ -32,8 +42,7 @@ def build_head(config: ModelConfig) -> nn.Module:
 def build_model(config: ModelConfig, vocab_size: int) -> VAE:
     """The VAE of `config.kind`: the paper's LSTM VAE for text (vocab_size > 0), or the ResNet / gated PixelCNN
     VAE for binary images (vocab_size 0). latent_dim 0 gives the latent-free model (z-maps become empty)."""
-    if config.kind not in KINDS:
-        raise ConfigError(f"unknown model.kind {config.kind!r}; choose from {', '.join(KINDS)}")
+    check_choices(config)
     if config.kind == "lstm" and vocab_size <= 0:
         raise ConfigError("model.kind=lstm is a text model but the data are images; use model.kind=image")
     if config.kind == "image" and vocab_size > 0:
@@ -49,8 +58,6 @@ def build_model(config: ModelConfig, vocab_size: int) -> VAE:
             encoder: nn.Module = ResNetEncoder(config.latent_dim, config.channels, config.enc_features)
             decoder: nn.Module = PixelCNNDecoder(config.latent_dim, config.channels, kernels, skip=config.skip)
         else:
-            if config.enc_init not in ENC_INITS:
-                raise ConfigError(f"unknown model.enc_init {config.enc_init!r}; choose from {', '.join(ENC_INITS)}")
             encoder = LSTMEncoder(vocab_size, config.embed_dim, config.enc_hidden, config.latent_dim, config.enc_init)
             decoder = LSTMDecoder(
                 vocab_size,

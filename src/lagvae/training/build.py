@@ -11,7 +11,7 @@ import torch
 
 from lagvae.config import ConfigError, RunConfig
 from lagvae.inference import Posterior, Refined, amortized
-from lagvae.models import ENC_INITS, HEADS, VAE
+from lagvae.models import VAE, check_choices
 from lagvae.objectives import free_bits_example_kl, free_bits_kl
 from lagvae.training.aggressive import AggressiveStrategy
 from lagvae.training.mdr import MDRStrategy
@@ -87,12 +87,11 @@ def validate(config: RunConfig) -> None:
         "train.cyclical.shape": (t.cyclical.shape, CYCLE_SHAPES),
         "train.aggressive.switch_on": (t.aggressive.switch_on, ("mi", "mi_full")),
         "train.savae.clip": (t.savae.clip, ("batch", "example")),
-        "model.posterior": (config.model.posterior, HEADS),
-        "model.enc_init": (config.model.enc_init, ENC_INITS),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"unknown {key} {value!r}; choose from {', '.join(allowed)}")
+    check_choices(config.model)
     if t.aggressive.switch_on == "mi_full" and e.mi_full_max == 0:
         raise ConfigError("train.aggressive.switch_on=mi_full needs eval.mi_full_max > 0 (it computes mi_full)")
     if not 0 <= config.model.du.dropout < 1:
