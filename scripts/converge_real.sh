@@ -4,7 +4,7 @@
 # small files of finished cells (config, metrics, final, per-example test NLL) are committed there (`keep`),
 # the checkpoints are not (the folder is git-ignored), so a grid spans sessions: a rerun keeps finished cells and trains the rest.
 # Usage: bash scripts/converge_real.sh STEP [STEP ...]
-#   steps: ptb-plain ptb-aggressive ptb-savae ptb-later synthetic yelp yahoo omniglot omniglot-later, then report (tables of what has finished), keep
+#   steps: ptb-plain ptb-aggressive ptb-savae ptb-later synthetic yelp yahoo yahoo-best omniglot omniglot-later, then report (tables of what has finished), keep
 # `report` trains nothing (--report-only): it rebuilds each grid's compare.md, .csv, .json and _curves.png from the
 # committed cells, so a change to the tables (docs/DESIGN.md, "Verdicts") is one `bash scripts/converge_real.sh report`.
 set -euo pipefail
@@ -50,6 +50,15 @@ for step in "$@"; do
     yahoo)  # issue 23: the reduced Yahoo setting (docs/RESULTS.md), the 2018 baselines, then the later fixes
       time $L compare "${YAHOO[@]}" --methods vae,vae-anneal,aggressive-anneal,lm --jobs "$JOBS" --out $OUT/yahoo
       time $L compare "${YAHOO[@]}" --seeds 1 --methods "aggressive,$LATER" --jobs "$JOBS" --out $OUT/yahoo ;;
+    yahoo-best)  # the two later fixes with the lowest seed-0 test NLL on Yahoo, on all 3 seeds (seed 0 is kept)
+      BEST=$(.venv/bin/python -c 'import json, pathlib, sys
+out, methods = pathlib.Path(sys.argv[1]), sys.argv[2].split(",")
+nll = {m: json.loads(f.read_text())["nll"] for m in methods if (f := out / m / "seed0" / "final.json").exists()}
+if len(nll) < len(methods):
+    sys.exit(f"yahoo-best: seed 0 of {sorted(set(methods) - set(nll))} has not finished (run the yahoo step)")
+print(",".join(sorted(nll, key=nll.get)[:2]))' "$OUT/yahoo" "$LATER")
+      echo "the two later fixes with the lowest seed-0 NLL on Yahoo: $BEST"
+      time $L compare "${YAHOO[@]}" --methods "$BEST" --jobs "$JOBS" --out $OUT/yahoo ;;
     yelp)
       time $L compare "${YELP[@]}" --methods aggressive-anneal,vae-anneal,lm --jobs "$JOBS" --out $OUT/yelp ;;
     omniglot)
@@ -67,7 +76,9 @@ for step in "$@"; do
       if [ -d $OUT/yahoo ]; then
         $L compare "${YAHOO[@]}" --methods "vae,vae-anneal,aggressive-anneal,lm,aggressive,$LATER" \
           --reference aggressive-anneal --out $OUT/yahoo --report-only
-      fi ;;
+      fi
+      # the benchmark page over every grid; it also refills the tables of docs/RESULTS.md (its generated blocks)
+      $L report $OUT --out docs/benchmark --docs docs/RESULTS.md ;;
     keep)  # stage finished cells' small files (the folder is git-ignored, so half-trained cells never are)
       for final in $(find $OUT -name final.json); do
         cell=$(dirname "$final")

@@ -182,3 +182,44 @@ def test_a_grid_whose_reference_has_not_finished_gets_no_figure_instead_of_a_tra
     assert main(["report", str(grids), "--out", str(tmp_path / "page")]) == 0
     md = (tmp_path / "page" / "benchmark.md").read_text()
     assert "benchmark_yelp.png" in md and "benchmark_ptb.png" not in md
+
+
+def test_report_refills_the_generated_blocks_of_a_document_and_keeps_its_prose(grids, tmp_path, capsys):
+    doc = tmp_path / "RESULTS.md"
+    stale = "| method | NLL |\n|---|---|\n| vae-anneal | 1.00 (typed by hand) |\n"
+    doc.write_text(
+        f"# Results\n\nprose before\n\n<!-- lagvae report: ptb -->\n{stale}<!-- end lagvae report -->\n\n"
+        "prose between\n<!-- lagvae report: overview -->\n<!-- end lagvae report -->\nprose after\n"
+    )
+    assert main(["report", str(grids), "--out", str(tmp_path / "page"), "--docs", str(doc)]) == 0
+    text = doc.read_text()
+    assert "typed by hand" not in text and "prose before" in text and text.endswith("prose after\n")
+    ptb, overview = _md_tables(text)
+    md_tables = _md_tables((tmp_path / "page" / "benchmark.md").read_text())
+    assert ptb == md_tables[1] and overview == md_tables[0]  # exactly the page's tables, in the document's order
+    assert _by_method(ptb)["vae-anneal"]["verdict"] == "worse"
+    assert main(["report", str(grids), "--out", str(tmp_path / "page"), "--docs", str(doc)]) == 0
+    assert doc.read_text() == text  # refilling is idempotent
+    capsys.readouterr()
+    # a block the report lacks, and one without its end, are one-line errors that leave the document alone
+    for body, message in (
+        ("<!-- lagvae report: yahoo -->\n<!-- end lagvae report -->\n", "'yahoo', which the report does not have"),
+        ("<!-- lagvae report: ptb -->\n| x |\n", "has no '<!-- end lagvae report -->' line"),
+        ("<!-- lagvae report: ptb -->\n<!-- lagvae report: yelp -->\n<!-- end lagvae report -->\n", "inside"),
+    ):
+        doc.write_text(body)
+        assert main(["report", str(grids), "--out", str(tmp_path / "page"), "--docs", str(doc)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+        assert doc.read_text() == body
+    assert main(["report", str(grids / "ptb"), "--docs", str(doc)]) == 2
+    assert "--docs applies to the benchmark page" in capsys.readouterr().err
+
+
+def test_a_grid_with_no_finished_cell_says_so(grids, tmp_path):
+    for final in (grids / "yelp").glob("*/seed*/final.json"):
+        final.unlink()  # a grid just started: compare.json is written, no cell has finished
+    assert main(["report", str(grids), "--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "benchmark.md").read_text()
+    assert "yelp (preset yelp; seeds 0, 1; no cell finished yet)" in md
+    assert _by_method(_md_tables(md)[2])["vae-anneal"]["verdict"] == "none finished"

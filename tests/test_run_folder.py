@@ -268,3 +268,32 @@ def test_a_folder_in_use_is_refused_by_train_eval_and_compare(run, tmp_path, cap
         assert not result["ok"] and "in use" in result["error"] and list(cell.iterdir()) == [cell / ".lock"]
     assert _snapshot(out) == before
     assert _train(out, "--resume", "auto") == 0  # released with the process (here, the context) that held it
+
+
+def test_a_grid_in_progress_has_its_compare_json_and_tables(tmp_path, monkeypatch):
+    """A report of a grid whose cells still train must know its preset, methods, seeds and reference, and its
+    tables follow the cells as they end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lagvae.experiments import compare
+
+    folder = tmp_path / "g"
+    seen: list[dict] = []
+
+    def cell(spec: compare.RunSpec) -> dict:
+        seen.append(json.loads((folder / "compare.json").read_text()))
+        if spec.method == "vae":  # the second cell: the first one's failure reaches compare.md meanwhile
+            deadline = time.monotonic() + 30
+            while "aggressive-anneal seed 0: RuntimeError" not in (folder / "compare.md").read_text():
+                assert time.monotonic() < deadline, "compare.md never listed the finished cell"
+                time.sleep(0.05)
+        spec.out.mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("stopped")  # a failed cell: the grid goes on and its tables list it
+
+    monkeypatch.setattr(compare, "_run_one", cell)
+    monkeypatch.setattr(compare, "worker_pool", lambda workers: ThreadPoolExecutor(1))  # cells in turn, in order
+    grid = Grid("synthetic", ("vae", "aggressive-anneal"), (0,), folder, epochs=1, reference="aggressive-anneal")
+    results = run_grid(grid, jobs=1)
+    spec = {"preset": "synthetic", "methods": ["vae", "aggressive-anneal"], "seeds": [0]}
+    assert seen == [spec | {"reference": "aggressive-anneal"}] * 2
+    assert [r["ok"] for r in results.values()] == [False, False]

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "for report.html or benchmark.html (default: DIR, or the current folder for several)",
     )  # fmt: skip
     rep.add_argument("--reference", help="several run folders: the method the others are paired against")
+    rep.add_argument(
+        "--docs", type=Path, metavar="FILE.md",
+        help="the benchmark: also refill FILE.md's generated blocks (<!-- lagvae report: NAME --> ... "
+        "<!-- end lagvae report -->, NAME a dataset or 'overview') with its tables",
+    )  # fmt: skip
 
     demo = sub.add_parser("demo", help="vae vs aggressive on the synthetic preset, side by side")
     demo.add_argument("--epochs", type=_positive_int, default=5)
@@ -332,7 +337,7 @@ def _generate_images(
 def _report(args: argparse.Namespace) -> None:
     from lagvae.experiments.html_report import write_pages
 
-    print("wrote " + ", ".join(str(p) for p in write_pages(args.dirs, args.out, args.reference)))
+    print("wrote " + ", ".join(str(p) for p in write_pages(args.dirs, args.out, args.reference, args.docs)))
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 
 from lagvae.config import ConfigError
+from lagvae.experiments.doc_blocks import fill_blocks
 from lagvae.experiments.html_report import (
     grid_runs,
     grid_summary,
@@ -50,6 +51,8 @@ class GridResult:
 
     def test_settings(self) -> str:
         """K and the number of test examples of the finished runs, e.g. 'K = 500, 1,000 test examples'."""
+        if not self.summary.runs:
+            return "no cell finished yet"
         ks = sorted({r["iw_samples"] for _, _, r in self.summary.runs if "iw_samples" in r})
         ns = sorted({r["n"] for _, _, r in self.summary.runs if "n" in r})
         k = "K = " + " or ".join(str(x) for x in ks) if ks else "K unknown"
@@ -226,8 +229,9 @@ INTRO = (
 )
 
 
-def write_benchmark(paths: Sequence[Path], out: Path | str | None = None) -> list[Path]:
-    """benchmark.html (self-contained) and benchmark.md with one PNG per dataset beside it; returns them."""
+def write_benchmark(paths: Sequence[Path], out: Path | str | None = None, docs: Path | None = None) -> list[Path]:
+    """benchmark.html (self-contained) and benchmark.md with one PNG per dataset beside it, and with `docs` the
+    generated blocks of that Markdown file refilled (doc_blocks: 'overview' and one per dataset); returns them."""
     folders = find_grids(paths)
     names = [p.name for p in folders]
     if len(set(names)) < len(names):  # two grids of one name: tell them apart by their paths
@@ -242,9 +246,11 @@ def write_benchmark(paths: Sequence[Path], out: Path | str | None = None) -> lis
     md = [f"# {title}\n", INTRO + "\n", "## Test NLL, every dataset\n", sections_markdown([overview_section(grids)])]
     body = [f"<p>{html.escape(INTRO)}</p>", "<h2>Test NLL, every dataset</h2>"]
     body.append(sections_html([overview_section(grids)]))
+    blocks = {"overview": sections_markdown([overview_section(grids)])}
     for g in grids:
         section = dataset_section(g)
-        md += [f"## {g.name}\n", sections_markdown([section])]
+        blocks[g.name] = sections_markdown([section])
+        md += [f"## {g.name}\n", blocks[g.name]]
         body += [f"<h2>{html.escape(g.name)}</h2>", sections_html([section], _verdict_class)]
         png = figures[g.name]
         if png is None:
@@ -259,6 +265,9 @@ def write_benchmark(paths: Sequence[Path], out: Path | str | None = None) -> lis
         body.append(img(png, f"{g.name}: NLL difference against training time"))
     write_text(page, page_html(title, '<div class="nowrap">\n' + "\n".join(body) + "\n</div>"))
     write_text(twin, "\n".join(md))
+    if docs is not None:
+        write_text(docs, fill_blocks(docs.read_text(), blocks, str(docs)))
+        written.append(docs)
     return written
 
 

@@ -206,7 +206,8 @@ def plan_commands(grid: Grid) -> list[str]:
 
 
 def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tuple[str, int], dict[str, Any]]:
-    """Train every cell of `grid` not already finished, then summarise.
+    """Train every cell of `grid` not already finished, then summarise (also before the first cell and after
+    each one, so compare.md and compare.json follow a grid in progress).
 
     A cell with a last.pt but no final.json (stopped mid-run) resumes from its last checkpoint.
     With `report_only`, nothing is trained: the summary covers the runs already finished.
@@ -227,6 +228,8 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
         worker_pool(workers) as pool,
         tqdm(total=len(specs), initial=len(specs) - len(todo), desc="grid cells", disable=not todo) as bar,
     ):
+        if todo:  # the grid and its tables so far, so that a report of a grid in progress knows what it holds
+            write_summary(results, grid, read_histories(grid, results))
         futures = {pool.submit(_attempt, spec): spec for spec in todo}
         bar.set_postfix(running=min(workers, len(todo)), left=len(todo))
         for future in as_completed(futures):
@@ -237,6 +240,8 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
             bar.update(1)
             left = len(todo) - (bar.n - bar.initial)
             bar.set_postfix(running=min(workers, left), left=left)
+            if left:
+                write_summary(results, grid, read_histories(grid, results))
     write_summary(results, grid, read_histories(grid, results))
     return results
 

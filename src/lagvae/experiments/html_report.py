@@ -49,14 +49,24 @@ window.addEventListener("load", () => {
 """
 
 
-def write_pages(paths: Sequence[Path | str], out: Path | str | None = None, reference: str | None = None) -> list[Path]:
+def write_pages(
+    paths: Sequence[Path | str],
+    out: Path | str | None = None,
+    reference: str | None = None,
+    docs: Path | None = None,
+) -> list[Path]:
     """`lagvae report PATH...`: one run or compare folder gives its page (`write_report`); several run folders
     the paired comparison of separately trained runs; compare folders, or a folder of them, the benchmark
-    page. `out`: the page (a name ending .html; its Markdown twin beside it) or a folder to write into.
-    Returns the files written."""
+    page. `out`: the page (a name ending .html; its Markdown twin beside it) or a folder to write into;
+    `docs`: a Markdown file whose generated blocks the benchmark refills. Returns the files written."""
     folders = [Path(p) for p in paths]
+    if docs is not None and not docs.is_file():
+        raise ConfigError(f"--docs {docs}: no such file")
     runs = [(p / CONFIG).exists() for p in folders]
-    if len(folders) == 1 and (runs[0] or grid_runs(folders[0])):
+    single = len(folders) == 1 and (runs[0] or grid_runs(folders[0]))
+    if docs is not None and (single or all(runs)):
+        raise ConfigError("--docs applies to the benchmark page (several compare folders or a folder of them)")
+    if single:
         if reference is not None:
             raise ConfigError("--reference applies to several run folders; a grid's reference is its compare.json's")
         page = target_paths(out, folders[0], "report")[0]
@@ -72,7 +82,7 @@ def write_pages(paths: Sequence[Path | str], out: Path | str | None = None, refe
         raise ConfigError("--reference applies to several run folders; a grid's reference is its compare.json's")
     from lagvae.experiments.benchmark import write_benchmark
 
-    return write_benchmark(folders, out)
+    return write_benchmark(folders, out, docs)
 
 
 def target_paths(out: Path | str | None, folder: Path, stem: str) -> tuple[Path, Path]:
