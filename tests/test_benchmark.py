@@ -223,3 +223,15 @@ def test_a_grid_with_no_finished_cell_says_so(grids, tmp_path):
     md = (tmp_path / "page" / "benchmark.md").read_text()
     assert "yelp (preset yelp; seeds 0, 1; no cell finished yet)" in md
     assert _by_method(_md_tables(md)[2])["vae-anneal"]["verdict"] == "none finished"
+
+
+@pytest.mark.slow
+def test_the_tables_of_results_md_are_the_committed_grids_report(tmp_path):
+    """docs/RESULTS.md's generated blocks hold what `lagvae report` makes of docs/data/grids today: a table typed
+    by hand, or one left stale after a cell finished, fails here."""
+    root = Path(__file__).resolve().parents[1]
+    results, grids = root / "docs" / "RESULTS.md", root / "docs" / "data" / "grids"
+    doc = tmp_path / "RESULTS.md"
+    shutil.copy(results, doc)
+    write_pages([grids], tmp_path / "page", docs=doc)
+    assert doc.read_text() == results.read_text(), "stale tables: run `bash scripts/converge_real.sh report`"
