@@ -235,3 +235,16 @@ def test_the_tables_of_results_md_are_the_committed_grids_report(tmp_path):
     shutil.copy(results, doc)
     write_pages([grids], tmp_path / "page", docs=doc)
     assert doc.read_text() == results.read_text(), "stale tables: run `bash scripts/converge_real.sh report`"
+
+
+def test_a_cell_still_training_outside_compare_json_is_left_out(grids, tmp_path):
+    """Another compare process's cell shows once it has finished (or failed), not while it trains: the page of
+    a working copy then equals the page of a clean copy of the committed cells."""
+    cell = grids / "ptb" / "du-vae" / "seed0"
+    _cell(cell, "du-vae", 0, 0.2, 90.0)
+    (cell / "final.json").unlink()  # training: metrics.jsonl and checkpoints, no final.json
+    _cell(grids / "ptb" / "bn-vae" / "seed4", "bn-vae", 4, 0.1, 90.0)  # finished, under a seed compare.json lacks
+    write_pages([grids], tmp_path / "b.html")
+    rows = _by_method(_md_tables((tmp_path / "b.md").read_text())[1])
+    assert "du-vae" not in rows and rows["bn-vae"]["cells finished"] == "1/4"
+    assert "seeds 0, 1, 2, 4" in (tmp_path / "b.md").read_text()

@@ -201,9 +201,10 @@ def grid_summary(
     folder: Path, *, time_references: Sequence[str] = TIME_REFERENCES, every_method: bool = False
 ) -> tuple[Grid, Summary]:
     """The grid and its row model, rebuilt from its cells: the grid compare.json names (its methods, seeds and
-    reference), else the method folders found here. `every_method`: also the method folders and seeds found
-    that compare.json does not name (cells another compare process added to the same folder), and the default
-    reference among them when compare.json names none (a later grid of other methods rewrote it)."""
+    reference), else the method folders found here. `every_method`: also the finished or failed cells found
+    that compare.json does not name (another compare process added them to the same folder; one still training
+    is left out, so the rows are the same on any copy of the committed cells), and the default reference among
+    them when compare.json names none (a later grid of other methods rewrote it)."""
     from dataclasses import replace
 
     from lagvae.experiments.compare import choose_reference, read_cell, read_histories, saved_grid
@@ -214,9 +215,12 @@ def grid_summary(
     seeds = sorted(int(name) for name in names if name.isdigit())
     grid = saved_grid(folder, list(runs), seeds)
     if every_method:
-        methods = (*grid.methods, *(m for m in runs if m not in grid.methods))
+        settled = {(m, int(p.name[4:])) for m, paths in runs.items() for p in paths if p.name[4:].isdigit()}
+        settled = {(m, seed) for m, seed in settled if read_cell(grid.folder(m, seed)) is not None}
+        methods = (*grid.methods, *sorted({m for m, _ in settled if m not in grid.methods}, key=list(runs).index))
         reference = grid.reference or choose_reference(methods, None)
-        grid = replace(grid, methods=methods, seeds=tuple(sorted({*grid.seeds, *seeds})), reference=reference)
+        found = {seed for m, seed in settled if m in methods}
+        grid = replace(grid, methods=methods, seeds=tuple(sorted({*grid.seeds, *found})), reference=reference)
     cells = {(m, s): read_cell(grid.folder(m, s)) for m in grid.methods for s in grid.seeds}
     results = {key: cell for key, cell in cells.items() if cell is not None}
     read_histories(grid, results)
