@@ -219,8 +219,10 @@ def test_report_refills_the_generated_blocks_of_a_document_and_keeps_its_prose(g
 def test_a_grid_with_no_finished_cell_says_so(grids, tmp_path):
     for final in (grids / "yelp").glob("*/seed*/final.json"):
         final.unlink()  # a grid just started: compare.json is written, no cell has finished
-    assert main(["report", str(grids), "--out", str(tmp_path / "page")]) == 0
-    md = (tmp_path / "page" / "benchmark.md").read_text()
+    assert main(["report", str(grids), "--out", str(tmp_path / "all")]) == 0
+    assert "yelp" not in (tmp_path / "all" / "benchmark.md").read_text()  # a folder of grids: finished ones only
+    assert main(["report", str(grids / "ptb"), str(grids / "yelp"), "--out", str(tmp_path / "page")]) == 0
+    md = (tmp_path / "page" / "benchmark.md").read_text()  # named: shown, and says so
     assert "yelp (preset yelp; seeds 0, 1; no cell finished yet)" in md
     assert _by_method(_md_tables(md)[2])["vae-anneal"]["verdict"] == "none finished"
 

@@ -32,6 +32,7 @@ from lagvae.experiments.html_report import (
 from lagvae.experiments.rows import NOT_PAIRED, Row, Section, Summary, paired_cells, sections_markdown
 from lagvae.plots import png_bytes
 from lagvae.stats import BETTER, TIE, WORSE
+from lagvae.training.run_folder import FINAL
 
 TIME_BASE = "vae-anneal"
 PAGE = "benchmark"  # benchmark.html and benchmark.md
@@ -60,13 +61,16 @@ class GridResult:
 
 
 def find_grids(paths: Sequence[Path]) -> list[Path]:
-    """The compare folders among `paths`: each path that is one, else the subfolders of it that are."""
+    """The compare folders among `paths`: each path that is one, else the subfolders of it that are and have a
+    finished cell (a grid whose first cells still train joins the page when one finishes, so the page of a
+    working copy equals that of the committed cells)."""
     grids = []
     for path in paths:
         if grid_runs(path):
             grids.append(path)
             continue
-        found = [p for p in sorted(path.iterdir()) if p.is_dir() and grid_runs(p)] if path.is_dir() else []
+        subfolders = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+        found = [p for p in subfolders if grid_runs(p) and any(p.glob(f"*/seed*/{FINAL}"))]
         if not found:
             raise ConfigError(f"{path} is neither a run folder, a compare folder nor a folder of compare folders")
         grids += found
