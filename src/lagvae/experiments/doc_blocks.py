@@ -13,11 +13,6 @@ START = re.compile(r"^<!-- lagvae report: (?P<name>[^ ]+) -->$", re.MULTILINE)
 END = "<!-- end lagvae report -->"
 
 
-def block_names(text: str) -> list[str]:
-    """The names of the generated blocks in `text`, in order."""
-    return [m["name"] for m in START.finditer(text)]
-
-
 def fill_blocks(text: str, blocks: Mapping[str, str], where: str = "the document") -> str:
     """`text` with each marked block's body replaced by `blocks[name]`; a name the report lacks or a block
     without its end marker is a one-line ConfigError, so a stale or mistyped marker never passes silently."""
