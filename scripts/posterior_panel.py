@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lagvae.atomic import atomic_write
+from lagvae.plots import posterior_panel
 from lagvae.training.run_folder import POSTERIOR_NPZ
 
 
@@ -35,9 +36,7 @@ def main() -> None:
         i = args.snapshot
         for k in range(dims):
             ax = axes[k, col]
-            ax.plot([-lim, lim], [-lim, lim], color="0.7", lw=0.8)
-            ax.scatter(d["true_mean"][i, :, k], d["encoder_mean"][i, :, k], s=4, alpha=0.6)
-            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+            posterior_panel(ax, d["true_mean"][i, :, k], d["encoder_mean"][i, :, k], lim)
             ax.tick_params(labelsize=7)
             if k == 0:
                 ax.set_title(f"{method}\niter {int(d['step'][i])}", fontsize=9)

@@ -34,11 +34,7 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
     for col, i in enumerate(chosen):
         for d in range(dims):
             ax = axes[d, col]
-            ax.plot([-lim, lim], [-lim, lim], color="0.7", lw=0.8)
-            ax.scatter(data["true_mean"][i, :, d], data["encoder_mean"][i, :, d], s=4, alpha=0.6)
-            ax.set_xlim(-lim, lim)
-            ax.set_ylim(-lim, lim)
-            ax.set_aspect("equal")
+            posterior_panel(ax, data["true_mean"][i, :, d], data["encoder_mean"][i, :, d], lim)
             if d == 0:
                 ax.set_title(f"iter {data['step'][i]} (epoch {data['epoch'][i]})", fontsize=9)
             if col == 0:
@@ -48,6 +44,14 @@ def plot_posterior_means(data: dict[str, np.ndarray], path: Path, title: str = "
         fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def posterior_panel(ax, true_mean: np.ndarray, encoder_mean: np.ndarray, lim: float) -> None:  # type: ignore[no-untyped-def]
+    """One latent dimension's posterior-mean space: x = true posterior mean, y = encoder mean, the diagonal
+    (an encoder that keeps up) in grey, both axes from -lim to lim."""
+    ax.plot([-lim, lim], [-lim, lim], color="0.7", lw=0.8)
+    ax.scatter(true_mean, encoder_mean, s=4, alpha=0.6)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
 
 
 CURVE_KEYS = ("elbo", "kl", "mi_full", "au")  # a grid's validation panels: fit, rate, I_q, active units

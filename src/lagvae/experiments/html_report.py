@@ -211,17 +211,18 @@ def grid_summary(
     from lagvae.experiments.rows import build_summary, read_test_cell
 
     runs = grid_runs(folder)
-    names = {p.name.removeprefix("seed") for paths in runs.values() for p in paths}
-    seeds = sorted(int(name) for name in names if name.isdigit())
-    grid = saved_grid(folder, list(runs), seeds)
+    seed_names = ((m, p.name.removeprefix("seed")) for m, paths in runs.items() for p in paths)
+    on_disk = [(m, int(name)) for m, name in seed_names if name.isdigit()]
+    grid = saved_grid(folder, list(runs), sorted({seed for _, seed in on_disk}))
+    settled: dict[tuple[str, int], dict[str, Any]] = {}  # cells found on disk that have finished or failed
     if every_method:
-        settled = {(m, int(p.name[4:])) for m, paths in runs.items() for p in paths if p.name[4:].isdigit()}
-        settled = {(m, seed) for m, seed in settled if read_cell(grid.folder(m, seed)) is not None}
-        methods = (*grid.methods, *sorted({m for m, _ in settled if m not in grid.methods}, key=list(runs).index))
+        settled = {key: cell for key in on_disk if (cell := read_cell(grid.folder(*key))) is not None}
+        extra = [m for m in runs if m not in grid.methods and any(k == m for k, _ in settled)]
+        methods = (*grid.methods, *extra)
         reference = grid.reference or choose_reference(methods, None)
-        found = {seed for m, seed in settled if m in methods}
-        grid = replace(grid, methods=methods, seeds=tuple(sorted({*grid.seeds, *found})), reference=reference)
-    cells = {(m, s): read_cell(grid.folder(m, s)) for m in grid.methods for s in grid.seeds}
+        seeds = tuple(sorted({*grid.seeds, *(seed for _, seed in settled)}))
+        grid = replace(grid, methods=methods, seeds=seeds, reference=reference)
+    cells = {(m, s): settled.get((m, s)) or read_cell(grid.folder(m, s)) for m in grid.methods for s in grid.seeds}
     results = {key: cell for key, cell in cells.items() if cell is not None}
     read_histories(grid, results)
     tests = {key: read_test_cell(grid.folder(*key), r) for key, r in results.items() if r["ok"]}
