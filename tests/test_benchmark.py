@@ -216,6 +216,24 @@ def test_report_refills_the_generated_blocks_of_a_document_and_keeps_its_prose(g
     assert "--docs applies to the benchmark page" in capsys.readouterr().err
 
 
+def test_a_grid_at_method_block_pairs_that_grid_against_another_method(grids, tmp_path, capsys):
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("<!-- lagvae report: ptb@vae-anneal -->\n<!-- end lagvae report -->\n")
+    assert main(["report", str(grids), "--out", str(tmp_path / "page"), "--docs", str(doc)]) == 0
+    (table,) = _md_tables(doc.read_text())
+    rows = _by_method(table)
+    assert rows["vae-anneal"]["NLL - vae-anneal"] == "reference"
+    assert rows["aggressive-anneal"]["NLL - vae-anneal"] == "-1.200"  # 0 - (1.0, 1.2, 1.4), example by example
+    assert rows["aggressive-anneal"]["verdict"] == "better"
+    page = (tmp_path / "page" / "benchmark.md").read_text()
+    assert "NLL - vae-anneal" not in page  # the page keeps the grid's own reference
+    doc.write_text("<!-- lagvae report: ptb@nope -->\n<!-- end lagvae report -->\n")
+    capsys.readouterr()
+    assert main(["report", str(grids), "--out", str(tmp_path / "page"), "--docs", str(doc)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no method 'nope' to pair against" in err, err
+
+
 def test_a_grid_with_no_finished_cell_says_so(grids, tmp_path):
     for final in (grids / "yelp").glob("*/seed*/final.json"):
         final.unlink()  # a grid just started: compare.json is written, no cell has finished

@@ -19,7 +19,7 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 
 from lagvae.config import ConfigError
-from lagvae.experiments.doc_blocks import fill_blocks
+from lagvae.experiments.doc_blocks import START, fill_blocks
 from lagvae.experiments.html_report import (
     grid_runs,
     grid_summary,
@@ -77,10 +77,10 @@ def find_grids(paths: Sequence[Path]) -> list[Path]:
     return grids
 
 
-def load_grid(folder: Path, name: str | None = None) -> GridResult:
+def load_grid(folder: Path, name: str | None = None, reference: str | None = None) -> GridResult:
     """A grid's rows (every method folder found; compare.json's seeds and any others on disk), times relative
-    to vae-anneal."""
-    grid, summary = grid_summary(folder, time_references=(TIME_BASE,), every_method=True)
+    to vae-anneal, paired against `reference` (default: the grid's own)."""
+    grid, summary = grid_summary(folder, time_references=(TIME_BASE,), every_method=True, reference=reference)
     failed: dict[str, int] = {}
     for line in summary.failures:  # "method seed S: error", as build_summary words them
         method = line.split(" seed ", 1)[0]
@@ -270,9 +270,22 @@ def write_benchmark(paths: Sequence[Path], out: Path | str | None = None, docs: 
     write_text(page, page_html(title, '<div class="nowrap">\n' + "\n".join(body) + "\n</div>"))
     write_text(twin, "\n".join(md))
     if docs is not None:
-        write_text(docs, fill_blocks(docs.read_text(), blocks, str(docs)))
+        text = docs.read_text()
+        blocks |= repaired_blocks(text, dict(zip(names, folders, strict=True)))
+        write_text(docs, fill_blocks(text, blocks, str(docs)))
         written.append(docs)
     return written
+
+
+def repaired_blocks(text: str, folders: dict[str, Path]) -> dict[str, str]:
+    """The blocks named GRID@METHOD in `text`: grid GRID's table paired against METHOD rather than its own
+    reference (a second pairing, e.g. when the grid's reference collapsed), for the docs only."""
+    blocks = {}
+    for name in {m["name"] for m in START.finditer(text)}:
+        grid, sep, method = name.partition("@")
+        if sep and grid in folders:
+            blocks[name] = sections_markdown([dataset_section(load_grid(folders[grid], grid, method))])
+    return blocks
 
 
 def _verdict_class(text: str) -> str | None:

@@ -1,6 +1,7 @@
 """Generated blocks in a Markdown document: `lagvae report GRIDS --docs FILE` rewrites the text between
 `<!-- lagvae report: NAME -->` and `<!-- end lagvae report -->` with the benchmark's table NAME, so the
-tables in docs/RESULTS.md are the page's output, never copied by hand, and the prose around them stays."""
+tables in docs/RESULTS.md are the page's output, never copied by hand, and the prose around them stays. NAME is
+'overview', a grid's name, or GRID@METHOD: that grid's table paired against METHOD instead of its reference."""
 
 from __future__ import annotations
 

@@ -198,13 +198,18 @@ def _compare_page(folder: Path) -> tuple[str, str]:
 
 
 def grid_summary(
-    folder: Path, *, time_references: Sequence[str] = TIME_REFERENCES, every_method: bool = False
+    folder: Path,
+    *,
+    time_references: Sequence[str] = TIME_REFERENCES,
+    every_method: bool = False,
+    reference: str | None = None,
 ) -> tuple[Grid, Summary]:
     """The grid and its row model, rebuilt from its cells: the grid compare.json names (its methods, seeds and
     reference), else the method folders found here. `every_method`: also the finished or failed cells found
     that compare.json does not name (another compare process added them to the same folder; one still training
     is left out, so the rows are the same on any copy of the committed cells), and the default reference among
-    them when compare.json names none (a later grid of other methods rewrote it)."""
+    them when compare.json names none (a later grid of other methods rewrote it). `reference`: pair against this
+    method instead of the grid's own."""
     from dataclasses import replace
 
     from lagvae.experiments.compare import choose_reference, read_cell, read_histories, saved_grid
@@ -219,9 +224,12 @@ def grid_summary(
         settled = {key: cell for key in on_disk if (cell := read_cell(grid.folder(*key))) is not None}
         extra = [m for m in runs if m not in grid.methods and any(k == m for k, _ in settled)]
         methods = (*grid.methods, *extra)
-        reference = grid.reference or choose_reference(methods, None)
         seeds = tuple(sorted({*grid.seeds, *(seed for _, seed in settled)}))
-        grid = replace(grid, methods=methods, seeds=seeds, reference=reference)
+        grid = replace(grid, methods=methods, seeds=seeds, reference=grid.reference or choose_reference(methods, None))
+    if reference is not None:
+        if reference not in grid.methods:
+            raise ConfigError(f"{folder} has no method {reference!r} to pair against ({', '.join(grid.methods)})")
+        grid = replace(grid, reference=reference)
     cells = {(m, s): settled.get((m, s)) or read_cell(grid.folder(m, s)) for m in grid.methods for s in grid.seeds}
     results = {key: cell for key, cell in cells.items() if cell is not None}
     read_histories(grid, results)
