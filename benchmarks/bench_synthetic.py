@@ -40,6 +40,8 @@ def steps_per_second(trainer: Trainer, seconds: float) -> tuple[float, float]:
         x, rows = next(batches)
         inner += trainer.strategy.step(x, 1.0, rows).inner_steps
         steps += 1
+    if trainer.device.type == "cuda":  # the GPU runs ahead of the host: count the queued steps' time too
+        torch.cuda.synchronize(trainer.device)
     return steps / (time.perf_counter() - start), inner / steps
 
 
