@@ -246,6 +246,25 @@ def test_a_cell_that_finishes_on_a_rerun_drops_its_old_error(tmp_path, monkeypat
     assert not (tmp_path / "error.txt").exists()
 
 
+def test_a_preempted_cell_reads_as_stopped_mid_run_not_failed(tmp_path, monkeypatch):
+    """A SIGTERM (a session's end) leaves a resumable cell: its tables must not call it failed."""
+    from lagvae.errors import Preempted
+    from lagvae.experiments import compare
+
+    spec = compare.RunSpec("synthetic", "vae", "vae", 0, tmp_path, None, None, None, ())
+    for err, record in (
+        (Preempted("stopped by SIGTERM after step 27 (epoch 0)"), None),
+        (RuntimeError("loss is NaN"), {"ok": False, "error": "RuntimeError: loss is NaN"}),
+    ):
+
+        def fail(spec: compare.RunSpec, err: Exception = err) -> dict:
+            raise err
+
+        monkeypatch.setattr(compare, "_run_one", fail)
+        assert not compare._attempt(spec)["ok"]
+        assert compare.read_cell(tmp_path) == record
+
+
 def test_a_folder_in_use_is_refused_by_train_eval_and_compare(run, tmp_path, capsys, inline_workers):
     """Two live processes in one folder would mix two runs' files: the second one is refused at once."""
     import os

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from lagvae.atomic import atomic_write
 from lagvae.config import ConfigError, RunConfig, apply_override, read_json
+from lagvae.errors import Preempted
 from lagvae.experiments.presets import make_config
 from lagvae.experiments.rows import Summary, build_summary, read_test_cell, to_csv, to_markdown
 from lagvae.training.methods import METHODS, apply_method, check_method
@@ -248,13 +249,15 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
 
 def read_cell(folder: Path) -> dict[str, Any] | None:
     """A cell's record: its final.json once finished, the last line of its error.txt when its last attempt
-    failed, else None (not started, or stopped mid-run)."""
+    failed, else None (not started, or stopped mid-run: a SIGTERM's Preempted, whose last.pt resumes it)."""
     final = RunFolder(folder).read_json(FINAL)
     if final is not None:
         return {"ok": True, **final}
     error = folder / ERROR
     if error.exists():
         lines = [line for line in error.read_text(errors="replace").splitlines() if line.strip()]
+        if lines and lines[-1].startswith(f"{Preempted.__module__}.{Preempted.__qualname__}:"):
+            return None
         return {"ok": False, "error": lines[-1] if lines else "failed"}
     return None
 
