@@ -246,6 +246,33 @@ def test_a_cell_that_finishes_on_a_rerun_drops_its_old_error(tmp_path, monkeypat
     assert not (tmp_path / "error.txt").exists()
 
 
+def test_raising_a_grids_epoch_cap_continues_the_cells_the_old_cap_ended(tmp_path, inline_workers, capsys):
+    from lagvae.experiments import compare
+
+    grid = tmp_path / "grid"
+    overrides = [value for flag, value in zip(TINY, TINY[1:], strict=False) if flag == "--set"]
+    args = ["compare", "synthetic", "--methods", "vae", "--seeds", "1", "--train-limit", "48", "--out", str(grid)]
+    args += [arg for value in overrides for arg in ("--set", value)]
+    cell = grid / "vae" / "seed0"
+    assert main([*args, "--epochs", "1"]) == 0
+    assert json.loads((cell / "final.json").read_text())["epochs"] == 1
+    assert main([*args, "--epochs", "1"]) == 0  # the same cap: nothing to train
+    assert len((cell / "metrics.jsonl").read_text().splitlines()) == 1
+    plan = tmp_path / "plan.txt"
+    assert main([*args, "--epochs", "3", "--plan", str(plan)]) == 0
+    assert len(plan.read_text().splitlines()) == 1  # the plan lists the cell the higher cap continues
+    assert main([*args, "--epochs", "3"]) == 0
+    final = json.loads((cell / "final.json").read_text())
+    assert final["epochs"] == 3 and len((cell / "metrics.jsonl").read_text().splitlines()) == 3
+    assert json.loads((cell / "config.json").read_text())["train"]["epochs"] == 3
+    spec = compare.RunSpec("synthetic", "vae", "vae", 0, cell, 5, None, None, ())
+    assert compare.ended_below_cap(spec, {"epochs": 3})
+    assert not compare.ended_below_cap(spec, {"epochs": 2})  # the LR rule ended it before its cap
+    (cell / "last.pt").unlink()
+    assert not compare.ended_below_cap(spec, {"epochs": 3})  # nothing to continue from
+    capsys.readouterr()
+
+
 def test_a_preempted_cell_reads_as_stopped_mid_run_not_failed(tmp_path, monkeypatch):
     """A SIGTERM (a session's end) leaves a resumable cell: its tables must not call it failed."""
     from lagvae.errors import Preempted

@@ -25,7 +25,7 @@ from lagvae.errors import Preempted
 from lagvae.experiments.presets import make_config
 from lagvae.experiments.rows import Summary, build_summary, read_test_cell, to_csv, to_markdown
 from lagvae.training.methods import METHODS, apply_method, check_method
-from lagvae.training.run_folder import ERROR, FINAL, FolderInUseError, RunFolder
+from lagvae.training.run_folder import CONFIG, ERROR, FINAL, LAST, FolderInUseError, RunFolder
 
 # A method spec may carry its parameter: beta=0.8 sets train.beta, free-bits=0.5 sets train.free_bits.
 PARAMETER = {
@@ -189,11 +189,13 @@ def choose_reference(methods: Sequence[str], requested: str | None) -> str | Non
 
 
 def plan_commands(grid: Grid) -> list[str]:
-    """One `lagvae train ... --resume auto` shell line per unfinished cell: the run `compare` would make there,
-    for any scheduler (a Slurm array, GNU parallel) to run; `compare --report-only` then tabulates them."""
+    """One `lagvae train ... --resume auto` shell line per cell `run_grid` would train (unfinished, or ended by
+    a lower cap): the run `compare` would make there, for any scheduler (a Slurm array, GNU parallel) to run;
+    `compare --report-only` then tabulates them."""
     lines = []
     for spec in grid.specs():
-        if (spec.out / FINAL).exists():
+        cell = read_cell(spec.out)
+        if cell is not None and cell["ok"] and not ended_below_cap(spec, cell):
             continue
         args = ["lagvae", "train", spec.preset, "--method", spec.method, "--seed", str(spec.seed)]
         args += ["--out", str(spec.out)]
@@ -210,7 +212,8 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
     """Train every cell of `grid` not already finished, then summarise (also before the first cell and after
     each one, so compare.md and compare.json follow a grid in progress).
 
-    A cell with a last.pt but no final.json (stopped mid-run) resumes from its last checkpoint.
+    A cell with a last.pt but no final.json (stopped mid-run) resumes from its last checkpoint, and so does a
+    finished one that its epoch cap ended, below the grid's `epochs`: raising the cap continues it.
     With `report_only`, nothing is trained: the summary covers the runs already finished.
     """
     specs = grid.specs()
@@ -218,7 +221,9 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
     todo = []
     for spec in specs:
         cell = read_cell(spec.out)
-        if cell is not None and (cell["ok"] or report_only):  # report-only lists an earlier failure as failed
+        if cell is not None and cell["ok"] and not report_only and ended_below_cap(spec, cell):
+            todo.append(spec)
+        elif cell is not None and (cell["ok"] or report_only):  # report-only lists an earlier failure as failed
             results[(spec.label, spec.seed)] = cell
         elif not report_only:
             todo.append(spec)
@@ -245,6 +250,15 @@ def run_grid(grid: Grid, *, jobs: int = 1, report_only: bool = False) -> dict[tu
                 write_summary(results, grid, read_histories(grid, results))
     write_summary(results, grid, read_histories(grid, results))
     return results
+
+
+def ended_below_cap(spec: RunSpec, final: dict[str, Any]) -> bool:
+    """Whether a finished cell stopped at its own epoch cap (not by the LR rule) and that cap is below the
+    grid's, with the last.pt that continues it."""
+    if spec.epochs is None or not (spec.out / LAST).exists():
+        return False
+    cap = read_json(spec.out / CONFIG, dict, "a run's config")["train"]["epochs"]
+    return cap < spec.epochs and final.get("epochs", 0) >= cap
 
 
 def read_cell(folder: Path) -> dict[str, Any] | None:
