@@ -31,9 +31,8 @@ def main() -> None:
     dims = next(iter(data.values()))["true_mean"].shape[-1]
     fig = Figure(figsize=(2.2 * len(data), 2.3 * dims))
     axes = fig.subplots(dims, len(data), squeeze=False)
-    lim = 2.2
+    lim, i = 2.2, args.snapshot
     for col, (method, d) in enumerate(data.items()):
-        i = args.snapshot
         for k in range(dims):
             ax = axes[k, col]
             posterior_panel(ax, d["true_mean"][i, :, k], d["encoder_mean"][i, :, k], lim)
