@@ -201,6 +201,52 @@ def test_a_killed_compare_stops_its_workers_at_a_checkpoint(tmp_path):
     _wait_exited(children, "the orphaned worker stayed alive, idle, after its checkpoint")
 
 
+@pytest.mark.slow
+def test_the_log_of_a_parallel_grid_names_each_line_s_cell(tmp_path):
+    """Two worker processes share the grid's stderr: each epoch line and test estimate says whose it is."""
+    import subprocess
+    import sys
+
+    grid = ["compare", "synthetic", "--methods", "vae,aggressive", "--seeds", "1", "--epochs", "2", "--jobs", "2"]
+    grid += ["--train-limit", "64", "--out", str(tmp_path / "grid"), "--set", "eval.posterior_points=0"]
+    grid += ["--set", "eval.iw_samples=4", "--set", "data.eval_limit=16"]
+    done = subprocess.run([sys.executable, "-m", "lagvae", *grid], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    for label in ("vae", "aggressive"):
+        mine = [line for line in lines if line.startswith(f"lagvae: {label} seed 0: ")]
+        assert [line for line in mine if ": epoch 1: validation ELBO" in line], done.stderr[-2000:]
+        assert [line for line in mine if "test: K = 4 on 16 examples" in line], done.stderr[-2000:]
+    # no worker line goes out unlabelled (Python's last-resort handler prints bare messages)
+    assert not [line for line in lines if line.startswith(("epoch ", "test: K", "posterior collapse"))]
+
+
+def test_a_worker_s_log_lines_carry_its_cell_and_the_grid_s_level(capsys):
+    """A bar-less cell logs its progress at the grid's level; beside a bar only warnings show."""
+    import logging
+
+    from lagvae.experiments.compare import RunSpec, cell_logging
+
+    logger = logging.getLogger("lagvae")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    spec = RunSpec("synthetic", "beta=0.8", "beta", 2, Path("unused"), None, None, None, ())
+    try:
+        cell_logging(spec, logging.INFO)
+        logger.info("epoch 3: validation ELBO -1.00")
+        cell_logging(spec, logging.WARNING)  # `--quiet`
+        logger.info("hidden")
+        spec.bar_position = 1
+        cell_logging(spec, logging.INFO)
+        logger.info("hidden too")
+        logger.warning("posterior collapse 50% of the time")
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    assert capsys.readouterr().err.splitlines() == [
+        "lagvae: beta=0.8 seed 2: epoch 3: validation ELBO -1.00",
+        "lagvae: beta=0.8 seed 2: posterior collapse 50% of the time",
+    ]
+
+
 def _wait_exited(pids: list[int], failure: str, seconds: float = 30) -> None:
     """Poll until every pid has exited (a zombie counts: it holds no files or locks), else fail with `failure`."""
     deadline = time.monotonic() + seconds

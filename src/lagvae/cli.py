@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from lagvae.config import RunConfig
 from lagvae.errors import ConfigError, LagvaeError
 from lagvae.experiments.presets import PRESETS, SIZES, make_config
+from lagvae.logs import setup_logging
 from lagvae.training.methods import METHODS
 
 if TYPE_CHECKING:
@@ -372,30 +373,11 @@ COMMANDS = {
 }
 
 
-class _TqdmHandler(logging.Handler):
-    """Log lines through tqdm.write, so they print above the progress bars instead of through them."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def _setup_logging(quiet: bool) -> None:
-    logger = logging.getLogger("lagvae")
-    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("lagvae: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Under torchrun only rank 0 tells the story; every rank still prints its own errors.
     rank = os.environ.get("RANK", "0")
-    _setup_logging(getattr(args, "quiet", False) or rank != "0")
+    setup_logging(logging.WARNING if getattr(args, "quiet", False) or rank != "0" else logging.INFO)
     try:
         COMMANDS[args.command](args)
     except LagvaeError as err:

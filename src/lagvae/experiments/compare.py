@@ -24,6 +24,7 @@ from lagvae.config import ConfigError, RunConfig, apply_override, read_json
 from lagvae.errors import Preempted
 from lagvae.experiments.presets import make_config
 from lagvae.experiments.rows import Summary, build_summary, read_test_cell, to_csv, to_markdown
+from lagvae.logs import LOGGER, setup_logging
 from lagvae.training.methods import METHODS, apply_method, check_method
 from lagvae.training.run_folder import CONFIG, ERROR, FINAL, LAST, FolderInUseError, RunFolder
 
@@ -43,7 +44,7 @@ SLOW_FIRST = {"savae": 0, "aggressive": 1}
 DEFAULT_REFERENCES = ("aggressive-anneal", "aggressive")
 GRID_FILE = "compare.json"  # the grid's preset, methods, seeds and reference, beside compare.md
 
-log = logging.getLogger("lagvae")
+log = logging.getLogger(LOGGER)
 
 
 @dataclass
@@ -84,12 +85,21 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """Processes for runs (spawn, not fork: a forked child cannot use CUDA once the parent has touched it)
-    that stop when the process that started them dies, instead of training on as orphans."""
+    that stop when the process that started them dies, instead of training on as orphans, and log at the
+    level of the process that started them."""
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_stop_with_parent, initargs=(os.getpid(),))
+    level = logging.getLogger(LOGGER).getEffectiveLevel()
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), level))
 
 
 _parent: int | None = None  # in a worker: the process that started it
+_log_level = logging.INFO  # in a worker: the level of the process that started it
+
+
+def _init_worker(parent: int, level: int) -> None:
+    global _log_level
+    _log_level = level
+    _stop_with_parent(parent)
 
 
 def _stop_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
@@ -107,8 +117,19 @@ def _stop_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def cell_logging(spec: RunSpec, level: int) -> None:
+    """A worker's log lines name their cell ("lagvae: vae seed 0: epoch 3 ..."): two cells share the grid's
+    stderr. Without a bar of its own, a cell's epoch lines and test estimate are its progress, so they show at
+    `level`; beside bars (`demo`), which already show it, only warnings do."""
+    bars = spec.bar_position is not None
+    setup_logging(max(level, logging.WARNING) if bars else level, f"lagvae: {spec.label} seed {spec.seed}: ")
+
+
 def _run_one(spec: RunSpec) -> dict[str, Any]:
     from lagvae.training.run import train_and_evaluate
+
+    if _parent is not None:  # a worker process, whose logging nobody has set up
+        cell_logging(spec, _log_level)
 
     config = make_config(
         spec.preset,
