@@ -243,4 +243,39 @@ def test_iw_test_logs_its_estimated_time_and_its_bar_moves_per_chunk_of_samples(
     estimate = [line for line in recorder.lines if line.startswith("test: K = 4 on 16 examples, about ")]
     assert len(estimate) == 1 and "eval.iw_samples" in estimate[0] and "data.eval_limit" in estimate[0]
     (bar,) = _Bar.made
-    assert bar.total == 16 * 4 and bar.updates == [8] * 8  # 2 batches of 8 examples x 4 one-sample chunks
+    # 2 batches of 8 examples x 4 one-sample chunks, each pair weighted by its batch's length
+    w0, w1 = splits.test.batches(8, shuffle=False).batch_widths()
+    assert w0 <= w1 and bar.total == 8 * (w0 + w1) * 4 and bar.updates == [8 * w0] * 4 + [8 * w1] * 4
+
+
+def test_the_iw_estimate_scales_the_short_first_batch_to_the_long_ones_after_it():
+    """Text tests run shortest first: a decode costing time per token must be estimated from the tokens left."""
+    from lagvae.data.batches import ShardedBatches
+    from lagvae.data.text import TextSet
+    from lagvae.distributed import SINGLE
+    from lagvae.training.evaluation import IWProgress
+
+    config = _tiny_config("eval.iw_samples=100")
+    lengths = [90] * 8 + [10] * 8 + [50] * 8  # batches of 10, 50 and 90 tokens, in that order
+    test = TextSet.from_ids([[5] * n for n in lengths])
+    sharded = ShardedBatches(test.batches(8, shuffle=False))
+    progress = IWProgress(config, sharded, SINGLE, torch.device("cpu"), False, 0)
+    # per row and token: 2 s for the posterior, 0.5 s per sample, decoded 50 samples a chunk
+    clock = iter([0.0, 8 * 10 * (2 + 0.5 * 50), 8 * 10 * (2 + 0.5 * 100)])
+    progress._now = lambda: next(clock)  # type: ignore[method-assign]
+    recorder, logger = _Recorder(), logging.getLogger("lagvae")
+    logger.addHandler(recorder)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        for _ in progress.batches(sharded):
+            progress.on_chunk(8 * 50)
+            progress.on_chunk(8 * 50)
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(level)
+    truth = 8 * (10 + 50 + 90) * (2 + 0.5 * 100)  # 62,400 s = 17 h 20 min; a count of rows alone says 3 h 28 min
+    assert truth == 62_400 and recorder.lines == [
+        "test: K = 100 on 24 examples, about 17 h 20 min (timed on the first batch, scaled to the whole test); "
+        "eval.iw_samples or data.eval_limit cut it"
+    ]

@@ -35,10 +35,17 @@ class IndexBatches:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
+    unit = "sample"  # what a row costs to decode, in batch_widths' units: one (example, sample) pair
+
     def batch_sizes(self) -> list[int]:
         """The sizes of an epoch's batches: every cut splits its order into runs of batch_size."""
         full, last = divmod(len(self.data), self.batch_size)
         return [self.batch_size] * full + ([last] if last else [])
+
+    def batch_widths(self) -> list[int]:
+        """What one row of each batch costs to decode, in `unit`s, in the order of an unshuffled epoch: 1 each,
+        unless a subclass's batches differ in shape."""
+        return [1] * len(self)
 
     def __iter__(self) -> Iterator[Tensor]:
         self._batches = self._cut()
@@ -92,10 +99,14 @@ class ShardedBatches:
     def sample(self) -> tuple[Tensor, Rows | None]:
         return self._shard(self.source.sample())
 
+    def rows_per_batch(self) -> list[int]:
+        """This process's rows of each batch: its shard of it."""
+        bounds = (shard_bounds(n, self.world_size) for n in self.source.batch_sizes())
+        return [b[self.rank + 1] - b[self.rank] for b in bounds]
+
     def rows_per_epoch(self) -> int:
         """This process's rows over one epoch: its shard of every batch."""
-        bounds = (shard_bounds(n, self.world_size) for n in self.source.batch_sizes())
-        return sum(b[self.rank + 1] - b[self.rank] for b in bounds)
+        return sum(self.rows_per_batch())
 
     def epoch_order(self) -> list[Tensor]:
         return self.source.epoch_order()

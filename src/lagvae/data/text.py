@@ -98,6 +98,13 @@ class TextBatches(IndexBatches):
     """
 
     data: TextSet
+    unit = "token"  # a row of a batch trimmed to length T costs T decoder positions per sample
+
+    def batch_widths(self) -> list[int]:
+        """Each batch's trimmed length, in an unshuffled epoch's order (an evaluation's: shortest first)."""
+        if self.shuffle:
+            raise ValueError("batch widths are known in advance only for unshuffled (evaluation) batches")
+        return [int(self.data.lengths[idx].max()) for idx in self._cut()]
 
     def _cut(self) -> list[Tensor]:
         order = self._order()

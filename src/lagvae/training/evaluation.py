@@ -56,9 +56,11 @@ def rough_duration(seconds: float) -> str:
 
 
 class IWProgress:
-    """The IW test's progress bar, which moves per chunk of samples ((example, sample) pairs decoded), not per
-    batch: at K in the thousands one batch can take minutes. Before the test runs in earnest it logs how long
-    the whole will take, timed on the first batch.
+    """The IW test's progress bar, which moves per chunk of samples ((example, sample) pairs decoded, each
+    weighted by its batch's width: a text batch's length), not per batch: at K in the thousands one batch can
+    take minutes. Before the test runs in earnest it logs how long the whole will take, timed on the first
+    batch and scaled by the widths: text batches run shortest first, so a count of pairs alone would promise
+    a long test in a fraction of its time.
 
     The first chunk's end minus the batch's start is the posterior (SA-VAE's refinement is costly) plus one
     chunk; the second chunk alone gives the cost per pair, so the two are told apart. A first batch decoded
@@ -77,19 +79,21 @@ class IWProgress:
         e = config.eval
         self.k = e.iw_samples if config.model.latent_dim > 0 else 1  # no latent: one sample is exact
         self.n = len(batches.source.data)
-        self.local = batches.rows_per_epoch()
+        self.widths = batches.source.batch_widths()
+        self.work = sum(r * w for r, w in zip(batches.rows_per_batch(), self.widths, strict=True))  # row-units
         self.device = device
         self.announce = world.is_main
         self.bar = tqdm(
-            total=self.local * self.k,
+            total=self.work * self.k,
             desc=f"test (IW, K = {e.iw_samples})",
-            unit="sample",
+            unit=batches.source.unit,
             unit_scale=True,
             disable=not enabled,
             position=position,
             leave=False,
             dynamic_ncols=True,
         )
+        self.width = self.widths[0] if self.widths else 1  # the current batch's
         self.estimated = False
         self.chunks = 0
         self.start = self.first_end = 0.0
@@ -104,6 +108,7 @@ class IWProgress:
     def batches(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         """The batches moved to the device; the first one's start is the timing's zero."""
         for i, (x, rows) in enumerate(on_device(self.device, b) for b in batches):
+            self.width = self.widths[i]
             if i == 0:
                 self.start, self.first_rows = self._now(), x.shape[0]
             elif not self.estimated and self.chunks:  # the first batch was one chunk: time it whole
@@ -115,7 +120,7 @@ class IWProgress:
 
     def on_chunk(self, pairs: int) -> None:
         """metrics.evaluate's `on_iw_chunk`: move the bar, and time the first batch's first two chunks."""
-        self.bar.update(pairs)
+        self.bar.update(pairs * self.width)
         if self.estimated:
             return
         self.chunks += 1
@@ -127,14 +132,15 @@ class IWProgress:
 
     def _estimate(self, per_batch: float, per_pair: float) -> None:
         """Log the test's estimated duration: `per_batch` seconds for the first batch's rows besides the IW
-        pairs (its posterior), `per_pair` for each (example, sample) pair."""
+        pairs (its posterior), `per_pair` for each of its (example, sample) pairs; both grow with the width."""
         self.estimated = True
         if not self.announce:
             return
-        seconds = per_batch * self.local / max(self.first_rows, 1) + per_pair * self.local * self.k
+        scale = self.work / max(self.first_rows * self.widths[0], 1)  # the test, in first batches
+        seconds = (per_batch + per_pair * self.first_rows * self.k) * scale
         log.info(
-            f"test: K = {self.k:,} on {self.n:,} examples, about {rough_duration(seconds)} (timed on the first batch); "
-            "eval.iw_samples or data.eval_limit cut it"
+            f"test: K = {self.k:,} on {self.n:,} examples, about {rough_duration(seconds)} (timed on the first batch, "
+            "scaled to the whole test); eval.iw_samples or data.eval_limit cut it"
         )
 
 
