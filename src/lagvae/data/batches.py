@@ -13,6 +13,8 @@ from lagvae.draws import Rows
 class IndexBatches:
     """Cuts a split's indices into batches each epoch; subclasses say how (`_cut`) and what a batch is (`_gather`)."""
 
+    unit = "sample"  # what a row costs to decode per latent sample, in batch_widths' units
+
     def __init__(
         self, data: Sized, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
     ) -> None:
@@ -34,8 +36,6 @@ class IndexBatches:
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
-
-    unit = "sample"  # what a row costs to decode, in batch_widths' units: one (example, sample) pair
 
     def batch_sizes(self) -> list[int]:
         """The sizes of an epoch's batches: every cut splits its order into runs of batch_size."""
