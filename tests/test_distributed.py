@@ -48,7 +48,7 @@ def test_rand_like_fills_in_memory_order_as_torch_does():
 def test_process_counts_the_batches_cannot_share_are_refused():
     from lagvae.training.world import check_shards
 
-    config = make_config("synthetic", "vae", train_limit=90)
+    config = make_config("synthetic", "vae", overrides=["data.n_train=90", "data.n_val=32", "data.n_test=32"])
     splits = build_data(config.data)
     check_shards(2, config, splits)
     with pytest.raises(ConfigError, match="must divide by the 3 processes"):

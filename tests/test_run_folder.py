@@ -208,8 +208,8 @@ def test_the_log_of_a_parallel_grid_names_each_line_s_cell(tmp_path):
     import sys
 
     grid = ["compare", "synthetic", "--methods", "vae,aggressive", "--seeds", "1", "--epochs", "2", "--jobs", "2"]
-    grid += ["--train-limit", "64", "--out", str(tmp_path / "grid"), "--set", "eval.posterior_points=0"]
-    grid += ["--set", "eval.iw_samples=4", "--set", "data.eval_limit=16"]
+    grid += ["--out", str(tmp_path / "grid"), "--set", "eval.posterior_points=0", "--set", "eval.iw_samples=4"]
+    grid += ["--set", "data.n_train=64", "--set", "data.n_val=32", "--set", "data.n_test=16"]
     done = subprocess.run([sys.executable, "-m", "lagvae", *grid], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stderr.splitlines()
