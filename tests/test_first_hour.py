@@ -54,6 +54,28 @@ def test_the_terminal_tells_the_run_estimate_epochs_and_result(tmp_path, capsys)
     assert printed == json.loads((tmp_path / "json" / "final.json").read_text())
 
 
+def test_the_estimate_is_told_again_from_plain_steps_once_aggressive_mode_ends(tmp_path, capsys, monkeypatch):
+    """The first estimate prices every epoch at an aggressive step's cost; the plain steps after the switch
+    are timed and the rest of the run priced from them."""
+    from lagvae.training.aggressive import AggressiveStrategy
+
+    def switch_after_epoch_0(self, val):  # as end_epoch does once validation I_q stops rising
+        self.aggressive = False
+
+    monkeypatch.setattr(AggressiveStrategy, "end_epoch", switch_after_epoch_0)
+    assert main(_train(tmp_path / "run", "--epochs", "3")) == 0
+    lines = [line.removeprefix("lagvae: ") for line in capsys.readouterr().err.splitlines()]
+    told = [i for i, line in enumerate(lines) if line.startswith("cost estimate")]
+    ended = next(i for i, line in enumerate(lines) if line.startswith("aggressive mode ended after epoch 0"))
+    first_epoch_1 = next(i for i, line in enumerate(lines) if line.startswith("epoch 1: "))
+    assert len(told) == 2 and told[0] < ended < told[1] < first_epoch_1
+    assert "in all" in lines[told[0]] and "upper bound" in lines[told[0]]
+    # timed over epoch 1's 3 steps, once they are over: epoch 1's validation and epoch 2 remain
+    again = lines[told[1]]
+    assert again.startswith("cost estimate, aggressive mode over: about ") and " to go, at most: " in again
+    assert "training " in again and "(3 steps, 2 epochs of 3, " in again and "upper bound" not in again
+
+
 def test_a_finished_run_resumed_says_so_and_is_tested_again_only_when_asked(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_train(out)) == 0
@@ -83,6 +105,9 @@ def test_the_cost_estimate_adds_steps_validations_and_test_and_names_the_cuts_ab
     assert total == pytest.approx(2000 + 10 + 500)
     assert line.startswith("cost estimate: about 42 min in all") and "vocabulary 20,004" in line
     assert "Above an hour" not in line
+    line, again = cost_line(config, per_step=2.0, steps_left=1000, epochs_left=10, aggressive=False,
+                            after_aggressive=True, **common)  # fmt: skip
+    assert again == total and line.startswith("cost estimate, aggressive mode over: about 42 min to go, at most")
     line, total = cost_line(config, per_step=4.0, steps_left=1000, epochs_left=10, aggressive=True, **common)
     assert total > 3600 and "upper bound" in line
     for cut in ("--size cpu", "data.max_vocab", "data.max_len", "data.eval_limit", "eval.iw_samples", "--epochs"):

@@ -109,9 +109,11 @@ def cost_line(
     n_test: int,
     vocab: int,
     aggressive: bool,
+    after_aggressive: bool = False,
 ) -> tuple[str, float]:
     """The cost estimate printed when a run's first steps are timed, and its total in seconds: training (the
-    steps left at the timed rate), validations (one sample per example each epoch) and the IW test."""
+    steps left at the timed rate), validations (one sample per example each epoch) and the IW test.
+    `after_aggressive`: the estimate again once aggressive mode has ended, from the plain steps after it."""
     k = config.eval.iw_samples if config.model.latent_dim > 0 else 1
     train = per_step * steps_left
     validation = epochs_left * n_val * (decode.per_pair + decode.per_example)
@@ -125,7 +127,10 @@ def cost_line(
         f"validation {rough_duration(validation)} ({n_val:,} examples an epoch)",
         f"test {rough_duration(test)} (IW, K = {k:,} on {n_test:,} examples{words})",
     ]
-    line = f"cost estimate: about {rough_duration(total)} in all, at most: " + "; ".join(parts)
+    head = (
+        "cost estimate, aggressive mode over: about {} to go" if after_aggressive else "cost estimate: about {} in all"
+    )
+    line = f"{head.format(rough_duration(total))}, at most: " + "; ".join(parts)
     if total > HOUR:
         line += f". Above an hour: {CUTS} cut it"
     return line, total

@@ -95,6 +95,7 @@ class Trainer:
         self.step_timer: StepTimer | None = None  # rank 0, until fit()'s first steps are timed for the estimate
         self._decode_cost: DecodeCost | None = None  # the IW test's work, probed when fit() begins (rank 0)
         self.cost_seconds: float | None = None  # the cost estimate's total, once printed
+        self._after_aggressive = False  # the estimate being timed is the one after aggressive mode ended
 
     def _make_tracker(self) -> PosteriorTracker | None:
         e = self.config.eval
@@ -196,6 +197,9 @@ class Trainer:
         self._tell_epoch(record, decision, aggressive, seconds)
         if not autoencoder:  # an autoencoder pays KL for nothing by design
             self._sound_alarm(record)
+        if aggressive and not self.strategy.aggressive and self._decode_cost is not None:
+            # the first estimate priced every epoch at aggressive steps' cost: time the plain steps and tell again
+            self.step_timer, self._after_aggressive = StepTimer(self.device), True
         st.history.append(record)
         if decision.improved:
             st.best_epoch = epoch
@@ -250,7 +254,7 @@ class Trainer:
         line, self.cost_seconds = cost_line(
             cfg, per_step=per_step, steps_left=steps_left, steps_per_epoch=iters, epochs_left=epochs_left,
             decode=self._decode_cost, n_val=len(self.splits.val), n_test=len(self.splits.test), vocab=vocab,
-            aggressive=self.strategy.aggressive,
+            aggressive=self.strategy.aggressive, after_aggressive=self._after_aggressive,
         )  # fmt: skip
         log.info(line)
 
