@@ -234,6 +234,20 @@ def test_a_grid_at_method_block_pairs_that_grid_against_another_method(grids, tm
     assert err.count("\n") == 0 and "no method 'nope' to pair against" in err, err
 
 
+def test_a_grid_runs_block_lists_each_finished_cell_with_its_costs(grids, tmp_path):
+    final = grids / "yelp" / "vae-anneal" / "seed1" / "final.json"
+    final.write_text(json.dumps(json.loads(final.read_text()) | {"test_seconds": 1234.4}))
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("<!-- lagvae report: yelp/runs -->\n<!-- end lagvae report -->\n")
+    assert main(["report", str(grids), "--out", str(tmp_path / "page"), "--docs", str(doc)]) == 0
+    (table,) = _md_tables(doc.read_text())
+    cells = {(r[0], r[1]): dict(zip(table[0], r, strict=True)) for r in table[1:]}
+    assert sorted(cells) == [(m, s) for m in ("aggressive-anneal", "vae-anneal") for s in ("0", "1")]
+    assert cells[("vae-anneal", "1")]["test s"] == "1234"  # the test's own time, apart from training's
+    assert cells[("vae-anneal", "0")]["test s"] == "-"  # a final.json written before tests were timed
+    assert cells[("aggressive-anneal", "0")]["train s"] == "300"
+
+
 def test_a_grid_with_no_finished_cell_says_so(grids, tmp_path):
     for final in (grids / "yelp").glob("*/seed*/final.json"):
         final.unlink()  # a grid just started: compare.json is written, no cell has finished

@@ -26,7 +26,7 @@ from lagvae.experiments.presets import make_config
 from tests.test_kill_resume import ARGS, WAIT, _outcome, _wait_for_checkpoint
 from tests.test_run_folder import _children, _wait_exited
 
-TIMES = ("train_seconds", "seconds")
+TIMES = ("train_seconds", "test_seconds", "seconds")
 # 90 training sentences in batches of 16 end in a batch of 10 (5 + 5 rows); 45 validation sentences in
 # batches of 16 end in one of 13, shared 7 + 6: unequal shards are covered. At lr 1 this tiny run is chaotic:
 # the two runs' float rounding (about 1e-7) grew to 3e-3 in the parameter norm within two aggressive steps of

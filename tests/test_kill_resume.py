@@ -23,7 +23,7 @@ ARGS = [
     "--set", "eval.posterior_points=0", "--set", "train.checkpoint_minutes=1e-6", "--set", "train.agg_max_inner=30",
     "--set", "train.agg_mi_patience=5",  # keeps aggressive mode on into epoch 1 whatever I_q does on tiny data
 ]  # fmt: skip
-TIMES = ("train_seconds", "seconds")
+TIMES = ("train_seconds", "test_seconds", "seconds")
 
 
 def _command(out: Path, *extra: str) -> list[str]:

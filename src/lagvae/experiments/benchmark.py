@@ -29,7 +29,15 @@ from lagvae.experiments.html_report import (
     target_paths,
     write_text,
 )
-from lagvae.experiments.rows import NOT_PAIRED, Row, Section, Summary, paired_cells, sections_markdown
+from lagvae.experiments.rows import (
+    NOT_PAIRED,
+    Row,
+    Section,
+    Summary,
+    paired_cells,
+    runs_section,
+    sections_markdown,
+)
 from lagvae.plots import png_bytes
 from lagvae.stats import BETTER, TIE, WORSE
 from lagvae.training.run_folder import FINAL
@@ -271,20 +279,24 @@ def write_benchmark(paths: Sequence[Path], out: Path | str | None = None, docs: 
     write_text(twin, "\n".join(md))
     if docs is not None:
         text = docs.read_text()
-        blocks |= repaired_blocks(text, dict(zip(names, folders, strict=True)))
+        blocks |= docs_blocks(text, dict(zip(names, folders, strict=True)))
         write_text(docs, fill_blocks(text, blocks, str(docs)))
         written.append(docs)
     return written
 
 
-def repaired_blocks(text: str, folders: dict[str, Path]) -> dict[str, str]:
-    """The blocks named GRID@METHOD in `text`: grid GRID's table paired against METHOD rather than its own
-    reference (a second pairing, e.g. when the grid's reference collapsed), for the docs only."""
+def docs_blocks(text: str, folders: dict[str, Path]) -> dict[str, str]:
+    """The docs-only blocks that `text` names: GRID@METHOD, grid GRID's table paired against METHOD rather than
+    its own reference (a second pairing, e.g. when the grid's reference collapsed); GRID/runs, each finished
+    cell of GRID with its epochs and its training and test times (what a grid's plan is checked against)."""
     blocks = {}
     for name in {m["name"] for m in START.finditer(text)}:
         grid, sep, method = name.partition("@")
         if sep and grid in folders:
             blocks[name] = sections_markdown([dataset_section(load_grid(folders[grid], grid, method))])
+        grid, sep, part = name.partition("/")
+        if sep and part == "runs" and grid in folders:
+            blocks[name] = sections_markdown([runs_section(load_grid(folders[grid], grid).summary)])
     return blocks
 
 

@@ -1,7 +1,8 @@
 """Generated blocks in a Markdown document: `lagvae report GRIDS --docs FILE` rewrites the text between
 `<!-- lagvae report: NAME -->` and `<!-- end lagvae report -->` with the benchmark's table NAME, so the
 tables in docs/RESULTS.md are the page's output, never copied by hand, and the prose around them stays. NAME is
-'overview', a grid's name, or GRID@METHOD: that grid's table paired against METHOD instead of its reference."""
+'overview', a grid's name, GRID@METHOD (that grid's table paired against METHOD instead of its reference) or
+GRID/runs (that grid's finished cells one by one, with their training and test times)."""
 
 from __future__ import annotations
 

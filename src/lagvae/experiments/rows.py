@@ -207,7 +207,7 @@ def sections(summary: Summary) -> list[Section]:
     if summary.reference is not None:
         out.append(_paired_section(summary))
     if summary.runs:
-        out.append(_runs_section(summary))
+        out.append(runs_section(summary))
     if summary.failures:
         out.append(Section("Failed runs (see error.txt in each run folder):", [], [], summary.failures))
     return out
@@ -263,16 +263,17 @@ def paired_cells(p: Paired | None) -> list[str]:
     return [f"{p.mean:+.3f}", interval, f"{p.within_se:.3f}", str(p.seeds), p.verdict]
 
 
-def _runs_section(summary: Summary) -> Section:
+def runs_section(summary: Summary) -> Section:
     has_ppl = summary.has_ppl
     head = ["method", "seed", "NLL", "KL", "I_q (mi_full)", "I_q (minibatch)", "AU", *(["PPL"] if has_ppl else [])]
-    head += ["epochs", "best epoch", "aggressive epochs", "train s"]
+    head += ["epochs", "best epoch", "aggressive epochs", "train s", "test s"]
     table = []
     for label, seed, r in summary.runs:
         cells = [label, str(seed), *(f"{r[k]:.2f}" if k in r else "-" for k in ("nll", "kl", "mi_full", "mi"))]
         cells += [str(r.get("au", "-")), *([f"{r['ppl']:.1f}" if "ppl" in r else "-"] if has_ppl else [])]
         cells += [str(r.get(k, "-")) for k in ("epochs", "best_epoch", "aggressive_epochs")]
-        table.append([*cells, f"{r['train_seconds']:.0f}"])
+        test = f"{r['test_seconds']:.0f}" if "test_seconds" in r else "-"  # final.json before 2026-12-05 lacks it
+        table.append([*cells, f"{r['train_seconds']:.0f}", test])
     return Section("Each run:", head, table)
 
 

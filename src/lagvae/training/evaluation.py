@@ -207,12 +207,14 @@ def final_results(
     train_seconds: float,
     best_epoch: int,
     provenance: dict[str, Any],
+    test_seconds: float,
 ) -> dict[str, Any]:
-    """final.json: the test metrics with how the run got there."""
+    """final.json: the test metrics with how the run got there and what its training and its test cost."""
     return {
         **metrics,
         "method": config.train.method,
         "train_seconds": train_seconds,
+        "test_seconds": test_seconds,
         "epochs": len(history),
         "best_epoch": best_epoch,
         "iw_samples": config.eval.iw_samples,
