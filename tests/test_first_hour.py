@@ -134,6 +134,16 @@ def test_lr_rule_and_aggressive_switch_are_told(tmp_path, caplog):
     assert "learning rate x 0.5 -> 0.0312 (decay 5 of 5)" in told[2] and told[3].startswith("training stops after")
 
 
+def test_a_model_without_a_latent_shows_its_log_likelihood_alone():
+    from lagvae.training.epoch import epoch_line
+
+    record = {"epoch": 4, "elbo": -430.69, "kl": 0.0, "mi_full": 0.0, "au": 0, "aggressive": False}
+    line = epoch_line(record, best=True, aggressive_method=False, seconds=24, latent=False)
+    assert line == "epoch 4: validation log-likelihood -430.69 (best); 24 s"  # no KL 0, AU 0 to read as collapse
+    with_z = epoch_line(record, best=False, aggressive_method=False, seconds=24)
+    assert with_z == "epoch 4: validation ELBO -430.69, KL 0.00, mi_full 0.00, AU 0; 24 s"
+
+
 def test_the_readme_own_data_recipe_runs(tmp_path, capsys):
     """The README's recipe block, on the fixture corpus, reduced to 1 epoch and 2 IW samples (the rest of its
     settings as written); the README states what the full recipe cost."""

@@ -89,11 +89,17 @@ class EpochBar:
         self._bar.close()
 
 
-def epoch_line(record: dict[str, Any], *, best: bool, aggressive_method: bool, seconds: float) -> str:
+def epoch_line(
+    record: dict[str, Any], *, best: bool, aggressive_method: bool, seconds: float, latent: bool = True
+) -> str:
     """The line printed under the bar when an epoch's validation is in: ELBO, KL, I_q over the whole split,
-    active units, aggressive on/off (for the aggressive methods), the epoch's training time."""
+    active units, aggressive on/off (for the aggressive methods), the epoch's training time. A model without a
+    latent (lm, pixelcnn) shows its exact log-likelihood alone: a KL, I_q and AU of 0 would read as collapse."""
     head = f"epoch {record['epoch']}" + (" (autoencoder)" if record.get("phase") == AUTOENCODER else "")
-    parts = [f"validation ELBO {record['elbo']:.2f}" + (" (best)" if best else "")]
+    best_mark = " (best)" if best else ""
+    if not latent:
+        return f"{head}: validation log-likelihood {record['elbo']:.2f}{best_mark}; {seconds:.0f} s"
+    parts = [f"validation ELBO {record['elbo']:.2f}{best_mark}"]
     parts.append(f"KL {record['kl']:.2f}")
     if "mi_full" in record:
         parts.append(f"mi_full {record['mi_full']:.2f}")

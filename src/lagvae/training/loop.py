@@ -226,8 +226,13 @@ class Trainer:
         """The epoch's line under the bar, then what changed: aggressive mode ended, the LR rule halved or stopped."""
         if not self.main:
             return
-        is_aggressive = isinstance(self.strategy, AggressiveStrategy)
-        log.info(epoch_line(record, best=decision.improved, aggressive_method=is_aggressive, seconds=seconds))
+        aggressive_method = isinstance(self.strategy, AggressiveStrategy)
+        latent = self.config.model.latent_dim > 0
+        log.info(
+            epoch_line(
+                record, best=decision.improved, aggressive_method=aggressive_method, seconds=seconds, latent=latent
+            )
+        )
         epoch = record["epoch"]
         if aggressive and not self.strategy.aggressive:
             log.info(
