@@ -58,7 +58,7 @@ def test_train_writes_the_run_folder_contract(tmp_path, capsys, monkeypatch):
     final = json.loads((out / "final.json").read_text())
     assert {"nll", "elbo", "kl", "mi", "au", "train_seconds", "epochs", "ppl"} <= set(final)
     assert final["epochs"] == 2 and final["n"] == 16
-    assert 0 < final["test_seconds"] < final["train_seconds"]  # the test is timed apart from training
+    assert final["test_seconds"] > 0  # the test is timed apart from training (train_seconds)
     # the test's IW estimate used the run's K on every test example (the bound tightens with K:
     # tests/test_metrics.py); IW with K = 8 is no looser than the one-sample ELBO, up to Monte Carlo noise
     assert {k for k, _ in iw_calls} == {8} and sum(n for _, n in iw_calls) == 16
