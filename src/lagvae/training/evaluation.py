@@ -156,12 +156,14 @@ def test_metrics(
     stop: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """`evaluate` on the test split with IW-NLL at K = eval.iw_samples, drawing from the test's own seeded
-    stream, so re-testing a finished run reproduces its final.json whatever training drew; with it each
-    example's index in the split and its IW-NLL (both empty when iw_samples is 0).
+    stream, so re-testing a finished run reproduces its final.json whatever training drew, and what the test
+    took (`test_seconds`); with it each example's index in the split and its IW-NLL (both empty when iw_samples
+    is 0).
 
     `stop` is called before each batch and after each chunk of IW samples: it raises to end a long test early
     (the Trainer's SIGTERM stop)."""
     e = config.eval
+    started = time.perf_counter()
     sharded = eval_batches(test, config, world)
     iw = IWProgress(config, sharded, world, device, progress, position) if e.iw_samples > 0 else None
     batches = iw.batches(sharded) if iw else with_progress(sharded, device, "test", progress, position)
@@ -180,6 +182,7 @@ def test_metrics(
             model, batches, e.iw_samples, e.max_memory_mb, world, iw_generator, e.mi_full_max, posterior, nll,
             on_iw_chunk=on_chunk,
         )  # fmt: skip
+    metrics["test_seconds"] = time.perf_counter() - started
     if not nll:
         return metrics, np.zeros(0, dtype=np.int64), np.zeros(0)
     index = torch.cat(sharded.epoch_order()).numpy()
@@ -207,14 +210,12 @@ def final_results(
     train_seconds: float,
     best_epoch: int,
     provenance: dict[str, Any],
-    test_seconds: float,
 ) -> dict[str, Any]:
-    """final.json: the test metrics with how the run got there and what its training and its test cost."""
+    """final.json: the test metrics (with `test_seconds`) and how the run got there."""
     return {
         **metrics,
         "method": config.train.method,
         "train_seconds": train_seconds,
-        "test_seconds": test_seconds,
         "epochs": len(history),
         "best_epoch": best_epoch,
         "iw_samples": config.eval.iw_samples,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +112,11 @@ def _evaluate(folder: RunFolder, config: RunConfig, iw_samples: int | None, prog
     fingerprints = data_fingerprints(splits)
     check_same_data(folder.read_json(PROVENANCE), fingerprints, folder.path)
     model, best_epoch = _best_model(folder, config, vocab, device)
-    started = time.perf_counter()
     metrics, index, nll = test_metrics(model, build_posterior(config), splits.test, config, SINGLE, device, progress)
-    test_seconds = time.perf_counter() - started
     history = folder.read_metrics()
     train_seconds = history[-1]["train_seconds"] if history else 0.0
     provenance = run_provenance(device, fingerprints)
-    results = final_results(metrics, config, history, train_seconds, best_epoch, provenance, test_seconds)
+    results = final_results(metrics, config, history, train_seconds, best_epoch, provenance)
     if config.eval.iw_samples == own_k:
         folder.write_final(results, index, nll)
     else:

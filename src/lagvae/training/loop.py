@@ -422,16 +422,14 @@ class Trainer:
                     "with --resume to test it"
                 )
 
-        started = time.perf_counter()
         with self.run.sigterm_stops():
             metrics, index, nll = test_metrics(
                 self.model, self.strategy.posterior, self.splits.test, self.config, self.world, self.device,
                 self.progress, self.bar_position, stop,
             )  # fmt: skip
-        test_seconds = time.perf_counter() - started
         st = self.state
         results = final_results(
-            metrics, self.config, st.history, st.train_seconds, st.best_epoch, self.run.provenance(), test_seconds
+            metrics, self.config, st.history, st.train_seconds, st.best_epoch, self.run.provenance()
         )
         if self.main:
             self.folder.write_final(results, index, nll)
