@@ -1,8 +1,11 @@
-"""The README's set-up commands exist and CI runs exactly the test one."""
+"""The README and docs: the set-up commands CI runs, and recipes whose settings and flags still exist."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import shlex
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +69,26 @@ def test_every_setting_the_docs_name_is_a_current_key():
             if match.group(1) not in keys | historical:
                 stale.append(f"{path.name}: {match.group(1)}")
     assert not stale
+
+
+def test_every_lagvae_command_in_the_docs_parses():
+    """Each `lagvae ...` line of a README or docs/ code block is accepted by the CLI's parser (its flags
+    and choices exist), so a renamed flag cannot leave a recipe behind; `[...]` marks an optional part."""
+    from lagvae.cli import build_parser
+
+    parser, commands, rejected = build_parser(), 0, []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", path.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*(?:#\s*)?", " ", block).splitlines():
+                found = re.search(r"(?:^|&&|;)\s*(?:\S*/)?lagvae\s+([^#&;|>]*)", line.strip().removeprefix("$ "))
+                if found is None:
+                    continue
+                commands += 1
+                argv = shlex.split(re.sub(r"\[(--[^]]*)\]", r"\1", found.group(1)))
+                try:
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        parser.parse_args(argv)
+                except SystemExit:
+                    rejected.append(f"{path.name}: lagvae {' '.join(argv)}")
+    assert commands >= 20  # the README's recipes and the docs' reproduction commands were all found
+    assert not rejected
