@@ -263,14 +263,23 @@ def paired_cells(p: Paired | None) -> list[str]:
     return [f"{p.mean:+.3f}", interval, f"{p.within_se:.3f}", str(p.seeds), p.verdict]
 
 
+def decoder_reads_z(rec: float, nll: float) -> float:
+    """rec - NLL = E_q(z|x)[log p(x) - log p(x|z)]: 0 when p(x|z) ignores z, > 0 when it reads z where q is not."""
+    # With q the exact posterior this is -KL(p(z|x) || p(z)) < 0; with q blind to x, Jensen makes it > 0. The IW
+    # NLL is an upper bound on -log p(x) in expectation: a positive value understates the true one, and a negative
+    # one may be an IW bound that has not given back a large KL (docs/DESIGN.md).
+    return rec - nll
+
+
 def runs_section(summary: Summary) -> Section:
     has_ppl = summary.has_ppl
-    head = ["method", "seed", "NLL", "KL", "I_q (mi_full)", "I_q (minibatch)", "AU", *(["PPL"] if has_ppl else [])]
-    head += ["epochs", "best epoch", "aggressive epochs", "train s", "test s"]
+    head = ["method", "seed", "NLL", "KL", "I_q (mi_full)", "I_q (minibatch)", "AU", "rec - NLL"]
+    head += [*(["PPL"] if has_ppl else []), "epochs", "best epoch", "aggressive epochs", "train s", "test s"]
     table = []
     for label, seed, r in summary.runs:
         cells = [label, str(seed), *(f"{r[k]:.2f}" if k in r else "-" for k in ("nll", "kl", "mi_full", "mi"))]
-        cells += [str(r.get("au", "-")), *([f"{r['ppl']:.1f}" if "ppl" in r else "-"] if has_ppl else [])]
+        reads_z = f"{decoder_reads_z(r['rec'], r['nll']):+.2f}" if "rec" in r and "nll" in r else "-"
+        cells += [str(r.get("au", "-")), reads_z, *([f"{r['ppl']:.1f}" if "ppl" in r else "-"] if has_ppl else [])]
         cells += [str(r.get(k, "-")) for k in ("epochs", "best_epoch", "aggressive_epochs")]
         test = f"{r['test_seconds']:.0f}" if "test_seconds" in r else "-"  # final.json before 2026-12-05 lacks it
         table.append([*cells, f"{r['train_seconds']:.0f}", test])
